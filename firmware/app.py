@@ -1,0 +1,282 @@
+"""Composition root: builds one charge point from its settings and runs it on one event loop.
+
+Only this module picks hal backends. Nothing here is global, so several charge points can live
+in one process (tests, and later the fleet simulator) without seeing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from hal.clock import Clock, SystemClock
+from hal.interfaces import Hardware
+from firmware.api import ApiError, ControlServer
+from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
+from firmware.charging.controller import ChargingController, ControllerSettings
+from firmware.config import Settings
+from firmware.limits.arbiter import Arbiter
+from firmware.metering import MeterSampler
+from firmware.session import SessionManager
+
+log = logging.getLogger("firmware.app")
+
+FAULT_KINDS = ("rcd", "weld", "stuck-open", "cp-short", "diode", "overtemp", "meter", "reader", "pp-broken")
+
+
+def on_raspberry_pi(model_file: str = "/proc/device-tree/model") -> bool:
+    try:
+        return "raspberry pi" in Path(model_file).read_text(errors="replace").lower()
+    except OSError:
+        return False
+
+
+def resolve_backend(settings: Settings) -> str:
+    backend = settings.hal.backend
+    if backend == "auto":
+        return "rpi" if on_raspberry_pi() else "sim"
+    return backend
+
+
+def unsupported(settings: Settings) -> list[str]:
+    """Valid settings this build cannot honour yet, one line per key (so nothing starts half-configured)."""
+    errors: list[str] = []
+    backend = resolve_backend(settings)
+    if backend == "rpi":
+        errors.append('hal.backend: the Raspberry Pi hardware backend is not in this build yet; use "sim"')
+    if settings.meter.model not in ("auto", "sim") and backend == "sim":
+        errors.append(f'meter.model: the "{settings.meter.model}" Modbus driver is not in this build yet; use "sim"')
+    if settings.rfid.reader not in ("auto", "sim", "none") and backend == "sim":
+        errors.append(f'rfid.reader: the "{settings.rfid.reader}" driver is not in this build yet; use "sim"')
+    if settings.auth.mode == "ocpp":
+        errors.append('auth.mode: "ocpp" needs the OCPP client, which is not in this build yet; use "local" or "free"')
+    return errors
+
+
+def build_hardware(settings: Settings, clock: Clock) -> Hardware:
+    from hal.sim import EVParams, SimBench
+
+    sim = settings.sim
+    bench = SimBench(
+        clock,
+        phases=settings.charger.phases,
+        voltage_v=settings.charger.nominal_voltage_v,
+        cable_a=None if settings.charger.tethered_cable else sim.cable_a,
+        feedback=settings.contactor.feedback,
+        ev=EVParams(
+            battery_kwh=sim.ev_battery_kwh,
+            soc_percent=sim.ev_soc_percent,
+            max_current_a=sim.ev_max_current_a,
+            phases=sim.ev_phases,
+        ),
+    )
+    return bench.hardware()
+
+
+def controller_settings(settings: Settings) -> ControllerSettings:
+    c = settings.charger
+    return ControllerSettings(
+        max_current_a=c.max_current_a,
+        phases=c.phases,
+        tethered_cable=c.tethered_cable,
+        ventilation_allowed=c.ventilation_allowed,
+        connection_timeout_s=float(c.connection_timeout_s),
+        feedback_timeout_s=settings.contactor.feedback_timeout_ms / 1000.0,
+    )
+
+
+def build_authorizer(settings: Settings) -> Authorizer:
+    if settings.auth.mode == "free":
+        return FreeAuthorizer()
+    return AllowlistAuthorizer(settings.auth.allowlist)
+
+
+class ChargePointApp:
+    """One charge point: hardware, controller, sessions, metering and its control API."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        hardware: Hardware | None = None,
+        sim_tick_s: float = 0.05,
+        meter_interval_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.hardware = hardware or build_hardware(settings, self.clock)
+        self.sim: Any = self.hardware.extras.get("sim")
+        self.sim_tick_s = sim_tick_s
+        self.arbiter = Arbiter()
+        self.controller = ChargingController(self.hardware, self.arbiter, self.clock, controller_settings(settings))
+        self.sampler = MeterSampler(
+            self.hardware.meter,
+            lambda active: self.controller.set_device_fault("meter", active),
+            interval_s=meter_interval_s,
+            on_reading=lambda reading: self.sessions.note_reading(reading),
+        )
+        self.sessions = SessionManager(
+            self.controller,
+            build_authorizer(settings),
+            self.sampler,
+            self.clock,
+            free_vend_id_tag=settings.auth.free_id_tag if settings.auth.mode == "free" else None,
+            uid_byte_order=cast(Literal["forward", "reverse"], settings.rfid.uid_byte_order),
+            uid_case=cast(Literal["upper", "lower"], settings.rfid.uid_case),
+        )
+
+    # ---- status API --------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"charger_id": self.settings.charger.id, **self.controller.status()}
+        decision = self.arbiter.decide(self.clock.monotonic())
+        winner = decision.winner
+        status["limit"] = {
+            "winner": None if winner is None else winner.source,
+            "value_a": round(decision.current_a, 1),
+            "reason": None if winner is None else winner.reason,
+        }
+        reading = self.sampler.latest
+        status["meter"] = None if reading is None else {
+            "power_w": round(reading.total_power_w, 1),
+            "energy_wh": round(reading.energy_import_wh, 1),
+            "current_a": [None if v is None else round(v, 2) for v in reading.current_a],
+            "voltage_v": [None if v is None else round(v, 1) for v in reading.voltage_v],
+        }
+        status["transaction"] = self.sessions.transaction_status()
+        status["ocpp"] = {"enabled": False, "connected": False, "queued": 0}
+        status["auth_mode"] = self.settings.auth.mode
+        if self.sim is not None:
+            status["sim"] = self.sim.snapshot()
+        return status
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        async def status(_: dict[str, Any]) -> Any:
+            return self.status()
+
+        async def limits(_: dict[str, Any]) -> Any:
+            return self.arbiter.describe(self.clock.monotonic())
+
+        async def sim(args: dict[str, Any]) -> Any:
+            return await self.sim_action(str(args.get("action", "")), args.get("value"))
+
+        return {"status": status, "limits": limits, "sim": sim}
+
+    async def sim_action(self, action: str, value: Any) -> str:
+        bench = self.sim
+        if bench is None:
+            raise ApiError("this charger runs on real hardware: there is no simulated hardware to drive")
+        try:
+            if action == "plug":
+                bench.plug()
+            elif action == "unplug":
+                bench.unplug()
+            elif action == "tap":
+                bench.tap(bytes.fromhex(str(value)))
+            elif action == "ev.max_current":
+                bench.set_ev_max_current(float(value))
+            elif action == "ev.soc":
+                bench.set_ev_soc(float(value))
+            elif action == "ev.full":
+                bench.ev_full()
+            elif action == "ev.ventilation":
+                bench.set_ev_ventilation(bool(value))
+            elif action == "ev.request":
+                bench.ev_request(bool(value))
+            elif action == "fault":
+                bench.inject(str(value))
+            elif action == "clear":
+                bench.clear(None if value is None else str(value))
+            else:
+                raise ApiError(f"unknown sim action {action!r}")
+        except (TypeError, ValueError) as exc:
+            raise ApiError(f"sim {action}: {exc}") from exc
+        self.controller.wake()
+        return "ok"
+
+    # ---- running ------------------------------------------------------------------------
+    async def _tick_sim(self) -> None:
+        while True:
+            self.sim.tick()
+            await asyncio.sleep(self.sim_tick_s)
+
+    async def run(self, stop: asyncio.Event, *, serve_api: bool = True) -> None:
+        """Run until ``stop`` is set or a task fails; the charger is left safe either way."""
+        server = ControlServer(self.settings.control.socket, self.handlers()) if serve_api else None
+        if server is not None:
+            await server.start()
+        tasks = [
+            asyncio.create_task(self.controller.run(), name="control-loop"),
+            asyncio.create_task(self.sampler.run(), name="meter"),
+            asyncio.create_task(self.sessions.run(), name="sessions"),
+            asyncio.create_task(self.sessions.run_reader(self.hardware.reader), name="card-reader"),
+        ]
+        if self.sim is not None:
+            tasks.append(asyncio.create_task(self._tick_sim(), name="sim"))
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        log.info("charge point %s running (%s hardware)", self.settings.charger.id,
+                 "simulated" if self.sim is not None else "real")
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception() is not None:
+                    raise RuntimeError(f"task {task.get_name()} failed") from task.exception()
+        finally:
+            for task in [*tasks, stopper]:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self.controller.enter_safe_state()
+            if server is not None:
+                await server.close()
+            log.info("charge point %s stopped; contactor open", self.settings.charger.id)
+
+
+async def run(settings: Settings, config_path: str | Path | None = None) -> int:
+    """``evse run``: the daemon. Exit codes: 0 after a clean stop, 1 on failure, 2 on configuration."""
+    from firmware.logs import setup_logging
+
+    errors = unsupported(settings)
+    if errors:
+        for line in errors:
+            print(line, file=sys.stderr)
+        return 2
+    setup_logging(
+        settings.logging.level,
+        settings.store.dir,
+        max_bytes=settings.logging.file_max_kb * 1024,
+        backup_count=settings.logging.file_count,
+    )
+    if config_path is not None:
+        log.info("configuration from %s", config_path)
+    app = ChargePointApp(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.run(stop)
+    except Exception:
+        log.critical("charge point stopped on an error", exc_info=True)
+        return 1
+    return 0
+
+
+def demo_settings(settings: Settings, work_dir: Path) -> Settings:
+    """The demo's variant of ``settings``: simulated hardware, private store and socket."""
+    return replace(
+        settings,
+        hal=replace(settings.hal, backend="sim"),
+        meter=replace(settings.meter, model="sim"),
+        rfid=replace(settings.rfid, reader="sim"),
+        store=replace(settings.store, dir=str(work_dir)),
+        control=replace(settings.control, socket=str(work_dir / "control.sock")),
+    )

@@ -1,0 +1,323 @@
+"""The connector's state machine: IEC 61851 pilot states in, OCPP 1.6 connector statuses out.
+
+Built on ``transitions`` (AsyncMachine). The states are the OCPP 1.6 ChargePointStatus values;
+the one trigger, ``evaluate``, is a rule table tried in order, so the whole behaviour reads
+top to bottom in :data:`RULES`. The machine decides *what the connector wants* (a session, PWM,
+energy); the controller turns that into outputs through the safety invariant. The model knows
+nothing of hardware or OCPP: it takes plain inputs and emits events.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from transitions.extensions.asyncio import AsyncMachine
+
+from firmware.charging.pilot import EV_PRESENT, Letter
+
+log = logging.getLogger("firmware.charging.connector")
+
+
+class Status(enum.StrEnum):
+    """OCPP 1.6 ChargePointStatus (connector level)."""
+
+    AVAILABLE = "Available"
+    PREPARING = "Preparing"
+    CHARGING = "Charging"
+    SUSPENDED_EV = "SuspendedEV"
+    SUSPENDED_EVSE = "SuspendedEVSE"
+    FINISHING = "Finishing"
+    FAULTED = "Faulted"
+    UNAVAILABLE = "Unavailable"
+
+
+class StopReason(enum.StrEnum):
+    """OCPP 1.6 StopTransaction reasons the connector itself can produce or accept."""
+
+    EV_DISCONNECTED = "EVDisconnected"
+    LOCAL = "Local"
+    REMOTE = "Remote"
+    DEAUTHORIZED = "DeAuthorized"
+    EMERGENCY_STOP = "EmergencyStop"
+    HARD_RESET = "HardReset"
+    SOFT_RESET = "SoftReset"
+    POWER_LOSS = "PowerLoss"
+    REBOOT = "Reboot"
+    UNLOCK_COMMAND = "UnlockCommand"
+    OTHER = "Other"
+
+
+SESSION_STATES: Final = (Status.CHARGING, Status.SUSPENDED_EV, Status.SUSPENDED_EVSE)
+IDLE_STATES: Final = (Status.AVAILABLE, Status.PREPARING, Status.FINISHING)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    previous: Status
+    status: Status
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    session: int
+    id_tag: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStopped:
+    session: int
+    id_tag: str
+    reason: StopReason
+    detail: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationExpired:
+    id_tag: str
+    at: datetime
+
+
+ConnectorEvent = StatusChanged | SessionStarted | SessionStopped | AuthorizationExpired
+
+
+@dataclass
+class ConnectorInputs:
+    """Everything the rules look at, refreshed by the controller before each evaluation."""
+
+    letter: Letter = "A"
+    trip_faults: frozenset[str] = frozenset()
+    #: The arbiter's limit after quantisation (0 = below 6 A: pause).
+    limit_a: float = 0.0
+    ventilation_allowed: bool = False
+    connection_timeout_s: float = 60.0
+    monotonic: float = 0.0
+    wall: datetime = field(default_factory=lambda: datetime.fromtimestamp(0).astimezone())
+
+
+def _rule(
+    source: Status | list[Status], dest: Status, conditions: str | list[str] | None = None, **kw: Any
+) -> dict[str, Any]:
+    src = [s.value for s in source] if isinstance(source, list) else source.value
+    rule: dict[str, Any] = {"trigger": "evaluate", "source": src, "dest": dest.value, **kw}
+    if conditions:
+        rule["conditions"] = conditions
+    return rule
+
+
+_ALL_BUT_FAULTED = [s for s in Status if s is not Status.FAULTED]
+_SESSION = list(SESSION_STATES)
+
+#: The behaviour, in priority order (the first rule whose source and conditions match fires).
+RULES: Final = [
+    # Any trip fault wins over everything: ends the session, pilot to F, contactor open.
+    _rule(_ALL_BUT_FAULTED, Status.FAULTED, "has_trip_fault", before="_end_session_for_fault"),
+    # Leaving Faulted needs no fault and F held long enough (the controller sets fault_hold_done).
+    _rule(Status.FAULTED, Status.UNAVAILABLE, ["fault_recovered", "is_inoperative"]),
+    _rule(Status.FAULTED, Status.AVAILABLE, ["fault_recovered", "ev_absent"]),
+    _rule(Status.FAULTED, Status.PREPARING, ["fault_recovered", "ev_present"]),
+    # Availability (ChangeAvailability, maintenance): only between sessions.
+    _rule(
+        [Status.AVAILABLE, Status.PREPARING, Status.FINISHING],
+        Status.UNAVAILABLE,
+        "is_inoperative",
+        before="_drop_authorization",
+    ),
+    _rule(Status.UNAVAILABLE, Status.AVAILABLE, "ev_absent", unless="is_inoperative"),
+    _rule(Status.UNAVAILABLE, Status.PREPARING, "ev_present", unless="is_inoperative"),
+    # Waiting for the other half of "plugged in + authorized".
+    _rule(Status.AVAILABLE, Status.PREPARING, "ev_present"),
+    _rule(Status.AVAILABLE, Status.PREPARING, "is_authorized"),
+    _rule(
+        Status.PREPARING,
+        Status.AVAILABLE,
+        ["is_authorized", "ev_absent", "authorization_timed_out"],
+        before="_expire_authorization",
+    ),
+    _rule(Status.PREPARING, Status.AVAILABLE, "ev_absent", unless="is_authorized"),
+    # Session start: authorized and plugged in.
+    _rule(
+        Status.PREPARING,
+        Status.SUSPENDED_EVSE,
+        ["is_authorized", "ev_present", "must_pause"],
+        after="_start_session",
+    ),
+    _rule(Status.PREPARING, Status.SUSPENDED_EV, ["is_authorized", "ev_present"], after="_start_session"),
+    # Session end.
+    _rule(_SESSION, Status.AVAILABLE, "ev_absent", before="_end_session_unplugged"),
+    _rule(_SESSION, Status.FINISHING, "stop_requested", before="_end_session_requested"),
+    # Within a session.
+    _rule([Status.CHARGING, Status.SUSPENDED_EV], Status.SUSPENDED_EVSE, "must_pause"),
+    _rule(Status.SUSPENDED_EVSE, Status.SUSPENDED_EV, "ev_present", unless="must_pause"),
+    _rule(Status.SUSPENDED_EV, Status.CHARGING, "ev_requests_energy", unless="must_pause"),
+    _rule(Status.CHARGING, Status.SUSPENDED_EV, "ev_present", unless="ev_requests_energy"),
+    # After a session.
+    _rule(Status.FINISHING, Status.AVAILABLE, "ev_absent", before="_clear_stop"),
+    _rule(Status.FINISHING, Status.PREPARING, "is_authorized", before="_clear_stop"),
+]
+
+
+class Connector:
+    """One connector's session logic; the model of a ``transitions`` AsyncMachine."""
+
+    state: str  # set by transitions
+
+    def __init__(self, connector_id: int = 1) -> None:
+        self.connector_id = connector_id
+        self.inputs = ConnectorInputs()
+        self.events: list[ConnectorEvent] = []
+        self.id_tag: str | None = None
+        self.authorized = False
+        #: Set at the first evaluation after authorize(): the connection timeout counts from there.
+        self.authorized_at: float | None = None
+        self.session_number = 0
+        self.operative = True
+        self.fault_hold_done = False
+        self._stop: tuple[StopReason, str] | None = None
+        self._last_reason = ""
+        self.machine = AsyncMachine(
+            model=self,
+            states=[s.value for s in Status],
+            transitions=RULES,
+            initial=Status.AVAILABLE.value,
+            auto_transitions=False,
+            ignore_invalid_triggers=True,
+            after_state_change="_record_status",
+        )
+        self._status = Status.AVAILABLE
+
+    # ---- what the outside world may ask -------------------------------------------------
+    @property
+    def status(self) -> Status:
+        return Status(self.state)
+
+    @property
+    def in_session(self) -> bool:
+        return self.status in SESSION_STATES
+
+    def authorize(self, id_tag: str) -> bool:
+        """Grant a session to ``id_tag``; refused while a session runs or the connector is out of order."""
+        if self.in_session or self.status in (Status.FAULTED, Status.UNAVAILABLE) or not self.operative:
+            return False
+        self.authorized, self.id_tag, self.authorized_at = True, id_tag, None
+        self._stop = None
+        return True
+
+    def request_stop(self, reason: StopReason, detail: str = "") -> bool:
+        """End the session (or cancel a pending authorization) for ``reason``."""
+        if not self.authorized:
+            return False
+        self.authorized = False
+        self._stop = (reason, detail)
+        if not self.in_session:
+            self.id_tag = None
+        return True
+
+    async def step(self, inputs: ConnectorInputs, max_rules: int = 8) -> None:
+        """Apply rules until the state is stable (a plug-in may pass Preparing and start at once)."""
+        self.inputs = inputs
+        if self.authorized and self.authorized_at is None:
+            self.authorized_at = inputs.monotonic
+        for _ in range(max_rules):
+            if not await self.evaluate():
+                return
+        log.error("connector rules did not settle within %d steps (state %s)", max_rules, self.state)
+
+    # ---- conditions ----------------------------------------------------------------------
+    def has_trip_fault(self) -> bool:
+        return bool(self.inputs.trip_faults)
+
+    def fault_recovered(self) -> bool:
+        return not self.inputs.trip_faults and self.fault_hold_done and self.inputs.letter not in ("E", "F")
+
+    def is_inoperative(self) -> bool:
+        return not self.operative
+
+    def ev_present(self) -> bool:
+        return self.inputs.letter in EV_PRESENT
+
+    def ev_absent(self) -> bool:
+        return self.inputs.letter == "A"
+
+    def is_authorized(self) -> bool:
+        return self.authorized
+
+    def stop_requested(self) -> bool:
+        return not self.authorized
+
+    def authorization_timed_out(self) -> bool:
+        since = self.authorized_at if self.authorized_at is not None else self.inputs.monotonic
+        return self.inputs.monotonic - since >= self.inputs.connection_timeout_s
+
+    def must_pause(self) -> bool:
+        if self.inputs.letter == "D" and not self.inputs.ventilation_allowed:
+            return True
+        return self.inputs.limit_a <= 0.0
+
+    def ev_requests_energy(self) -> bool:
+        return self.inputs.letter == "C" or (self.inputs.letter == "D" and self.inputs.ventilation_allowed)
+
+    # ---- callbacks (sync: no I/O, only events) -------------------------------------------
+    def _emit(self, event: ConnectorEvent) -> None:
+        self.events.append(event)
+
+    def _start_session(self) -> None:
+        self.session_number += 1
+        self._last_reason = f"session {self.session_number} started for {self.id_tag}"
+        self._emit(SessionStarted(self.session_number, self.id_tag or "", self.inputs.wall))
+
+    def _end_session(self, reason: StopReason, detail: str) -> None:
+        self._emit(SessionStopped(self.session_number, self.id_tag or "", reason, detail, self.inputs.wall))
+        self._last_reason = f"session {self.session_number} stopped: {reason.value}" + (
+            f" ({detail})" if detail else ""
+        )
+        self.authorized, self.id_tag = False, None
+
+    def _end_session_for_fault(self) -> None:
+        faults = ", ".join(sorted(self.inputs.trip_faults))
+        if self.in_session:
+            self._end_session(StopReason.OTHER, f"fault: {faults}")
+        else:
+            self._drop_authorization()
+        self._last_reason = f"fault: {faults}"
+
+    def _end_session_unplugged(self) -> None:
+        self._end_session(StopReason.EV_DISCONNECTED, "")
+
+    def _end_session_requested(self) -> None:
+        reason, detail = self._stop or (StopReason.OTHER, "")
+        self._end_session(reason, detail)
+
+    def _drop_authorization(self) -> None:
+        self.authorized, self.id_tag, self._stop = False, None, None
+
+    def _expire_authorization(self) -> None:
+        self._emit(AuthorizationExpired(self.id_tag or "", self.inputs.wall))
+        self._last_reason = f"authorization for {self.id_tag} expired: no EV within the connection timeout"
+        self._drop_authorization()
+
+    def _clear_stop(self) -> None:
+        self._stop = None
+
+    def _record_status(self) -> None:
+        new = Status(self.state)
+        if new is not self._status:
+            self._emit(StatusChanged(self._status, new, self._last_reason or _why(self), self.inputs.wall))
+            self._status = new
+        self._last_reason = ""
+
+    if TYPE_CHECKING:  # transitions adds the trigger at runtime
+
+        async def evaluate(self) -> bool: ...
+
+
+def _why(c: Connector) -> str:
+    i = c.inputs
+    return f"pilot {i.letter}, limit {i.limit_a:g} A" + (", authorized" if c.authorized else "")

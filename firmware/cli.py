@@ -1,0 +1,551 @@
+"""The ``evse`` command: runs the daemon and lets installers and scripts talk to it.
+
+Names, options, exit codes and ``status --json`` fields are a public contract (see CONTRACT.md): exit 0
+success, 1 runtime failure, 2 usage or configuration error. Heavy modules are imported inside the commands, so
+that ``evse status`` stays fast and a broken subsystem cannot break unrelated commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from firmware.apiclient import ApiClient, DaemonUnavailable, ProtocolError, RemoteError
+
+if TYPE_CHECKING:
+    from firmware.config import Settings
+
+FAULT_KINDS = ("rcd", "weld", "stuck-open", "cp-short", "diode", "overtemp", "meter", "reader", "pp-broken")
+
+_STATE_MEANING = {
+    "A": "no vehicle",
+    "B": "vehicle connected",
+    "C": "charging",
+    "D": "charging, ventilation required",
+    "E": "error: pilot shorted or no supply",
+    "F": "fault: charger unavailable",
+}
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """Ends a command with ``code`` after printing ``lines`` to stderr; one place for exit-code policy."""
+
+    def __init__(self, code: int, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.code = code
+        self.lines = lines
+
+
+def _version() -> str:
+    """The installed package version, or a dev marker when running from a source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pievse")
+    except PackageNotFoundError:
+        return "0.1.0+dev"
+
+
+# --- argument types (bad values become usage errors, exit 2) ------------------------------------------------
+
+
+def _card_uid(text: str) -> str:
+    """A card UID as an even number of hex digits, 2 to 20 bytes; ``04:A3:2B:C1`` style separators allowed."""
+    compact = text.replace(":", "").replace("-", "").strip()
+    if not re.fullmatch(r"(?:[0-9A-Fa-f]{2}){2,20}", compact):
+        raise argparse.ArgumentTypeError(
+            f"invalid card UID {text!r}: expected an even number of hex digits, 2 to 20 bytes (e.g. 04A32BC1)"
+        )
+    return compact.upper()
+
+
+def _amps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid current {text!r}: expected a number of amperes") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"invalid current {text!r}: must be 0 or more amperes")
+    return value
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid percentage {text!r}: expected a number") from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"invalid percentage {text!r}: must be between 0 and 100")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be greater than 0")
+    return value
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+
+def _looked_in(explicit: str | None) -> str:
+    from firmware import config
+
+    places: list[str] = []
+    if explicit:
+        places.append(explicit)
+    env = os.environ.get(config.ENV_VAR)
+    if env:
+        places.append(f"${config.ENV_VAR}={env}")
+    places.extend(p if os.path.isabs(p) else f"./{p}" for p in map(str, config.CONFIG_SEARCH_PATHS))
+    return ", ".join(places)
+
+
+def _find_config(explicit: str | None) -> Path | None:
+    from firmware import config
+
+    try:
+        return config.find_config(explicit, os.environ)
+    except config.ConfigError as exc:
+        raise CliError(2, *exc.errors) from None
+
+
+def _load_settings(path: Path) -> Settings:
+    from firmware import config
+
+    try:
+        return config.load_settings(path)
+    except config.ConfigError as exc:
+        raise CliError(2, *exc.errors) from None
+    except OSError as exc:
+        raise CliError(2, f"config: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _require_config(explicit: str | None) -> tuple[Settings, Path]:
+    path = _find_config(explicit)
+    if path is None:
+        raise CliError(2, f"config: no configuration file found (looked in: {_looked_in(explicit)})")
+    return _load_settings(path), path
+
+
+def _settings_or_defaults(explicit: str | None) -> tuple[Settings, Path | None]:
+    """Settings from the config lookup, or the built-in defaults when no file exists anywhere."""
+    from firmware import config
+
+    path = _find_config(explicit)
+    if path is None:
+        return config.default_settings(), None
+    return _load_settings(path), path
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    socket_path: str | None = args.socket
+    if not socket_path:
+        settings, _ = _settings_or_defaults(args.config)
+        socket_path = str(settings.control.socket)
+    return ApiClient(socket_path)
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon itself; the composition root lives in firmware.app."""
+    settings, path = _require_config(args.config)
+    from firmware import app
+
+    try:
+        return asyncio.run(app.run(settings, config_path=path))
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from firmware import demo
+
+    return demo.main(args)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    explicit = args.path or args.config
+    _, path = _require_config(explicit)
+    print(f"ok: {path}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from firmware import config
+
+    settings, path = _settings_or_defaults(args.path or args.config)
+    header = f"# from {path}" if path else "# no configuration file found: built-in defaults"
+    print(header + " (secrets masked)")
+    print("\n".join(render_toml(config.masked(settings))))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    result = _client(args).request("status")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(format_status(result if isinstance(result, Mapping) else {})))
+    return 0
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    result = _client(args).request("limits")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(format_limits(result if isinstance(result, Mapping) else {})))
+    return 0
+
+
+def _sim(action: str, value: Callable[[argparse.Namespace], Any]) -> Command:
+    """A ``sim`` subcommand that sends ``{"action": action, "value": value(args)}``."""
+
+    def command(args: argparse.Namespace) -> int:
+        result = _client(args).request("sim", {"action": action, "value": value(args)})
+        if result is None or result is True:
+            print("ok")
+        elif isinstance(result, str):
+            print(result)
+        else:
+            print(json.dumps(result))
+        return 0
+
+    return command
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from firmware import logs
+
+    since = None
+    if args.since:
+        try:
+            since = logs.parse_since(args.since, datetime.now(UTC))
+        except ValueError as exc:
+            raise CliError(2, f"evse logs: --since: {exc}") from None
+    settings, _ = _settings_or_defaults(args.config)
+    log_dir = Path(settings.store.dir)
+    if not args.follow and not logs.log_files(log_dir):
+        raise CliError(
+            1, f"evse logs: no log files in {log_dir} (the daemon writes {logs.LOG_FILE_NAME} there)"
+        )
+    lines = logs.follow_logs(log_dir, since) if args.follow else logs.read_logs(log_dir, since)
+    try:
+        for line in lines:
+            print(line, flush=args.follow)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader (head, less) went away; stop quietly and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return 0
+
+
+def _not_yet(name: str) -> Command:
+    def command(args: argparse.Namespace) -> int:
+        raise CliError(1, f"evse {name}: not available in this build yet")
+
+    return command
+
+
+# --- human output -------------------------------------------------------------------------------------------
+
+
+def _num(value: Any, fmt: str = "g", unit: str = "") -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    text = format(value, fmt)
+    return f"{text} {unit}" if unit else text
+
+
+def _text(value: Any, default: str = "-") -> str:
+    return default if value is None or value == "" else str(value)
+
+
+def _triple(values: Any, fmt: str, unit: str) -> str:
+    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+        return "-"
+    return " / ".join(_num(v, fmt) for v in values) + f" {unit}"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def format_status(status: Mapping[str, Any]) -> list[str]:
+    """A short summary of ``status`` for people; any field may be missing or null."""
+    state = _text(status.get("state"), "?")
+    meaning = _STATE_MEANING.get(state[:1])
+    limit = _mapping(status.get("limit"))
+    meter = _mapping(status.get("meter"))
+    ocpp = _mapping(status.get("ocpp"))
+    offered = _num(status.get("offered_a"), ".1f", "A")
+    duty = _num(status.get("duty_percent"), ".1f", "%")
+    rows = [
+        ("state", f"{state} ({meaning})" if meaning else state),
+        ("connector", _text(status.get("connector_status"))),
+        ("contactor", _text(status.get("contactor"))),
+        ("offered", f"{offered} (duty {duty})"),
+        ("limit", f"{_num(limit.get('value_a'), '.1f', 'A')} by {_text(limit.get('winner'), 'nobody')}"),
+        (
+            "meter",
+            f"{_num(meter.get('power_w'), '.0f', 'W')}, "
+            f"{_num(_kwh(meter.get('energy_wh')), '.3f', 'kWh')} register",
+        ),
+        ("  current", _triple(meter.get("current_a"), ".1f", "A")),
+        ("  voltage", _triple(meter.get("voltage_v"), ".1f", "V")),
+        ("transaction", _format_transaction(status.get("transaction"))),
+    ]
+    if ocpp:
+        connected = ocpp.get("connected")
+        link = "connected" if connected else "disconnected" if connected is not None else "unknown"
+        rows.append(("ocpp", f"{link}, {_num(ocpp.get('queued'), 'd')} queued"))
+    else:
+        rows.append(("ocpp", "-"))
+    faults = status.get("faults")
+    rows.append(("faults", ", ".join(map(str, faults)) if isinstance(faults, list) and faults else "none"))
+    width = max(len(label) for label, _ in rows) + 3  # the colon and two spaces
+    return [f"{label + ':':<{width}}{value}" for label, value in rows]
+
+
+def _kwh(wh: Any) -> Any:
+    return wh / 1000 if isinstance(wh, int | float) and not isinstance(wh, bool) else None
+
+
+def _format_transaction(tx: Any) -> str:
+    if not isinstance(tx, Mapping):
+        return "none"
+    parts = [f"#{_text(tx.get('id'), '?')}"]
+    if tx.get("id_tag"):
+        parts.append(f"card {tx['id_tag']}")
+    if tx.get("started_at"):
+        parts.append(f"since {tx['started_at']}")
+    parts.append(_num(_kwh(tx.get("energy_wh")), ".3f", "kWh"))
+    if tx.get("cost") is not None:
+        parts.append(f"cost {tx['cost']}")
+    return ", ".join(parts)
+
+
+def _duration(seconds: Any) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        return "-"
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
+
+
+def format_limits(limits: Mapping[str, Any]) -> list[str]:
+    """The claims as an aligned table, winner marked with ``*``."""
+    winner = limits.get("winner")
+    if isinstance(winner, Mapping):
+        reason = f" ({winner['reason']})" if winner.get("reason") else ""
+        head = f"winner: {_text(winner.get('source'))} {_num(winner.get('value_a'), '.1f', 'A')}{reason}"
+    else:
+        head = "winner: none"
+    claims = [c for c in limits.get("claims") or [] if isinstance(c, Mapping)]
+    if not claims:
+        return [head, "no current-limit claims"]
+    table = [("", "SOURCE", "LIMIT", "PHASES", "AGE", "EXPIRES", "REASON")]
+    for claim in claims:
+        table.append(
+            (
+                "*" if claim.get("winner") else "",
+                _text(claim.get("source")),
+                _num(claim.get("value_a"), ".1f", "A"),
+                _text(claim.get("phases")),
+                _duration(claim.get("age_s")),
+                _duration(claim.get("expires_in_s")),
+                _text(claim.get("reason"), ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [head]
+    for row in table:
+        cells = [
+            cell.rjust(width) if column == 2 else cell.ljust(width)  # amperes line up on the unit
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return (
+            repr(value)
+            if math.isfinite(value)
+            else ("nan" if math.isnan(value) else f"{'-' if value < 0 else ''}inf")
+        )
+    if isinstance(value, Mapping):
+        inner = ", ".join(
+            f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render_toml(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """TOML-like text for ``config show``; ``None`` (unset) becomes a comment since TOML has no null."""
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            tables.append((f"{prefix}{_toml_key(str(key))}", value))
+        elif value is None:
+            lines.append(f"# {_toml_key(str(key))} = (not set)")
+        else:
+            lines.append(f"{_toml_key(str(key))} = {_toml_value(value)}")
+    for name, table in tables:
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(render_toml(table, prefix=f"{name}."))
+    return lines
+
+
+# --- parser -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; ``--config``/``--socket`` work before and after the subcommand."""
+    config_opt = argparse.ArgumentParser(add_help=False)
+    config_opt.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: lookup order)",
+    )
+    socket_opt = argparse.ArgumentParser(add_help=False)
+    socket_opt.add_argument(
+        "--socket", metavar="PATH", default=argparse.SUPPRESS, help="daemon control socket ([control] socket)"
+    )
+    daemon = [config_opt, socket_opt]
+
+    parser = argparse.ArgumentParser(
+        prog="evse", description="EV charger controller: run the daemon, inspect and drive it."
+    )
+    parser.add_argument("--version", action="version", version=f"evse {_version()}")
+    parser.add_argument("--config", metavar="PATH", default=None, help="configuration file")
+    parser.add_argument("--socket", metavar="PATH", default=None, help="daemon control socket")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def leaf(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        func: Command,
+        help_text: str,
+        parents: list[argparse.ArgumentParser],
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(name, help=help_text, parents=parents)
+        p.set_defaults(func=func)
+        return p
+
+    leaf(sub, "run", cmd_run, "run the charger daemon", [config_opt])
+
+    p = leaf(sub, "demo", cmd_demo, "a whole session on simulated hardware, shown live", [config_opt])
+    p.add_argument("--speed", type=_positive, default=60.0, help="simulated seconds per real second (60)")
+    p.add_argument("--minutes", type=_positive, default=30.0, help="simulated minutes of charging (30)")
+
+    cfg = sub.add_parser("config", help="check or show the configuration", parents=[config_opt])
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = leaf(cfg_sub, "check", cmd_config_check, "validate; one line per error naming the key", [config_opt])
+    p.add_argument("path", nargs="?", metavar="PATH", help="file to check (default: lookup order)")
+    p = leaf(cfg_sub, "show", cmd_config_show, "print the effective settings, secrets masked", [config_opt])
+    p.add_argument("path", nargs="?", metavar="PATH", help="file to show (default: lookup order)")
+
+    p = leaf(sub, "status", cmd_status, "live state of the running daemon", daemon)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = leaf(sub, "limits", cmd_limits, "every current-limit claim and the winner", daemon)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sim = sub.add_parser("sim", help="drive the simulated hardware of a running daemon", parents=daemon)
+    sim_sub = sim.add_subparsers(dest="sim_command", metavar="ACTION", required=True)
+    leaf(sim_sub, "plug", _sim("plug", lambda a: None), "plug the simulated EV in", daemon)
+    leaf(sim_sub, "unplug", _sim("unplug", lambda a: None), "unplug the simulated EV", daemon)
+    p = leaf(sim_sub, "tap", _sim("tap", lambda a: a.uid), "tap a card on the simulated reader", daemon)
+    p.add_argument("uid", type=_card_uid, metavar="UID", help="card UID in hex, e.g. 04A32BC1")
+    ev = sim_sub.add_parser("ev", help="change the simulated EV", parents=daemon)
+    ev_sub = ev.add_subparsers(dest="ev_command", metavar="ACTION", required=True)
+    p = leaf(
+        ev_sub, "max-current", _sim("ev.max_current", lambda a: a.amps), "EV's own current limit", daemon
+    )
+    p.add_argument("amps", type=_amps, metavar="A")
+    p = leaf(ev_sub, "soc", _sim("ev.soc", lambda a: a.percent), "battery state of charge", daemon)
+    p.add_argument("percent", type=_percent, metavar="PERCENT")
+    leaf(ev_sub, "full", _sim("ev.full", lambda a: None), "battery full: the EV stops drawing", daemon)
+    p = leaf(ev_sub, "ventilation", _sim("ev.ventilation", lambda a: a.on == "on"), "state D request", daemon)
+    p.add_argument("on", choices=("on", "off"))
+    p = leaf(ev_sub, "request", _sim("ev.request", lambda a: a.on == "on"), "EV asks for power (B↔C)", daemon)
+    p.add_argument("on", choices=("on", "off"))
+    p = leaf(sim_sub, "fault", _sim("fault", lambda a: a.kind), "inject a hardware fault", daemon)
+    p.add_argument("kind", choices=FAULT_KINDS, metavar="KIND", help=", ".join(FAULT_KINDS))
+    p = leaf(sim_sub, "clear", _sim("clear", lambda a: a.kind), "clear one fault, or all", daemon)
+    p.add_argument("kind", choices=FAULT_KINDS, metavar="KIND", nargs="?", help="default: all")
+
+    p = leaf(sub, "sessions", _not_yet("sessions"), "the session ledger", daemon)
+    p.add_argument("--from", dest="date_from", metavar="DATE")
+    p.add_argument("--to", dest="date_to", metavar="DATE")
+    p.add_argument("--csv", action="store_true")
+    p.add_argument("--summary", action="store_true")
+
+    p = leaf(sub, "logs", cmd_logs, "local logs", [config_opt])
+    p.add_argument("--since", metavar="TIME", help="ISO date/time, 10m, 2h, 1d, today, yesterday")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+
+    hal = sub.add_parser("hal", help="hardware checks", parents=[config_opt])
+    hal_sub = hal.add_subparsers(dest="hal_command", metavar="ACTION", required=True)
+    leaf(hal_sub, "check", _not_yet("hal check"), "probe each configured device", [config_opt])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``evse`` console script; returns the exit code instead of raising SystemExit."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    func: Command = args.func
+    try:
+        return func(args)
+    except CliError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return exc.code
+    except (DaemonUnavailable, RemoteError, ProtocolError) as exc:
+        print(f"evse: {exc}", file=sys.stderr)
+        return 1

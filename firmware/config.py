@@ -1,0 +1,501 @@
+"""Settings from config.toml: typed, validated and frozen, so the rest of the firmware never re-checks them.
+
+The schema is written once, as dataclass fields carrying metadata (see `setting`). The validator, the key
+documentation (`iter_keys`) and the masking of secrets all walk those fields; there is no second list of keys.
+Every problem becomes one line that starts with its dotted key, and all of them are reported at once.
+"""
+
+import datetime
+import json
+import math
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+Check = Callable[[Any], str | None]
+"""A custom rule: returns what is wrong with an already type-checked value (without the key), or None."""
+
+MASK = "********"
+ENV_VAR = "EVSE_CONFIG"
+CONFIG_SEARCH_PATHS: tuple[str, ...] = ("config.toml", "/etc/evse/config.toml")
+
+
+class ConfigError(Exception):
+    """Carries every problem at once, so an installer fixes the file in one pass instead of one per run."""
+
+    def __init__(self, errors: Sequence[str], source: str = "<config>") -> None:
+        self.errors: list[str] = list(errors)
+        self.source = source
+        super().__init__("\n".join(self.errors))
+
+
+@dataclass(frozen=True)
+class _Meta:
+    unit: str = ""
+    doc: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] = ()
+    length: tuple[int, int | None] | None = None
+    check: Check | None = None
+    secret: bool = False
+
+
+_META_KEY = "evse"
+
+
+def setting(
+    default: T,
+    doc: str = "",
+    *,
+    unit: str = "",
+    min: float | None = None,
+    max: float | None = None,
+    choices: Sequence[Any] = (),
+    length: tuple[int, int | None] | None = None,
+    check: Check | None = None,
+    secret: bool = False,
+) -> T:
+    """Keeps a key's default, unit, doc and constraints beside its type: the one place the schema lives.
+
+    For a list (``tuple[str, ...]``) the constraints apply to each item.
+    """
+    meta = _Meta(unit, doc, min, max, tuple(choices), length, check, secret)
+    return field(default=default, metadata={_META_KEY: meta})
+
+
+def _meta(f: Field[Any]) -> _Meta:
+    meta = f.metadata.get(_META_KEY)
+    return meta if isinstance(meta, _Meta) else _Meta()
+
+
+# ── value rules that need more than a range ──────────────────────────────────────────────────────────────
+_CHARGE_POINT_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _charge_point_id(value: str) -> str | None:
+    if _CHARGE_POINT_ID.fullmatch(value):
+        return None
+    return f'{_show(value)} may only contain letters, digits, ".", "_" and "-"'
+
+
+def _ws_url(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        return f"{_show(value)} is not a valid URL ({exc})"
+    if parts.scheme not in ("ws", "wss"):
+        return f"{_show(value)} must start with ws:// or wss://"
+    if not host:
+        return f"{_show(value)} has no host"
+    if parts.query or parts.fragment:
+        return f"{_show(value)} must not have a query or fragment"
+    return None
+
+
+def _authorization_key(value: str) -> str | None:
+    if value and not 16 <= len(value) <= 40:
+        return f"must be 16 to 40 characters long (got {len(value)})"
+    return None
+
+
+# ── the schema ───────────────────────────────────────────────────────────────────────────────────────────
+_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+@dataclass(frozen=True)
+class ChargerSettings:
+    """The charge point itself: its identity and what its hardware and wiring are rated for."""
+
+    id: str = setting(
+        "CP-0001",
+        "the OCPP charge point identity (appended to the CSMS URL); letters, digits, '.', '_' and '-'",
+        length=(1, 48),
+        check=_charge_point_id,
+    )
+    max_current_a: float = setting(
+        32.0, "rated current of this charge point (hardware and wiring)", unit="A", min=6, max=80
+    )
+    phases: int = setting(3, "phases wired to the charge point", choices=(1, 3))
+    nominal_voltage_v: float = setting(230.0, "phase-to-neutral voltage", unit="V", min=100, max=480)
+    tethered_cable: bool = setting(
+        False, "a fixed cable: the proximity pilot is not read and the cable rating is max_current_a"
+    )
+    ventilation_allowed: bool = setting(False, "allow charging EVs that ask for ventilation (state D)")
+    connection_timeout_s: int = setting(
+        60, "an authorization without a plugged-in EV expires after this", unit="s", min=5, max=3600
+    )
+
+
+@dataclass(frozen=True)
+class HalSettings:
+    """Which hardware backend drives the devices."""
+
+    backend: str = setting(
+        "auto", "auto = simulated hardware when not on a Raspberry Pi", choices=("auto", "sim", "rpi")
+    )
+
+
+@dataclass(frozen=True)
+class OcppSettings:
+    """The connection to the central system (CSMS)."""
+
+    url: str = setting(
+        "",
+        "CSMS URL, ws:// or wss://, the charger id is appended to its path; empty = no CSMS",
+        check=_ws_url,
+    )
+    version: str = setting("1.6", "OCPP version", choices=("1.6",))
+    security_profile: int = setting(
+        0, "0 none, 1 Basic auth, 2 TLS + Basic auth, 3 TLS + client certificate", min=0, max=3
+    )
+    authorization_key: str = setting(
+        "",
+        "HTTP Basic password for profiles 1 and 2, 16 to 40 characters",
+        secret=True,
+        check=_authorization_key,
+    )
+    ca_file: str = setting("", "CA certificates to verify the CSMS (TLS); empty = the system's")
+    client_cert: str = setting("", "client certificate file (PEM), security profile 3")
+    client_key: str = setting("", "client private key file (PEM), security profile 3")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may charge."""
+
+    mode: str = setting(
+        "local",
+        "free: every plugged-in EV charges; local: cards in allowlist; ocpp: the CSMS decides",
+        choices=("ocpp", "local", "free"),
+    )
+    allowlist: tuple[str, ...] = setting((), "card UIDs accepted locally, case-insensitive", length=(1, 20))
+    free_id_tag: str = setting("FREEVEND", "the idTag recorded for sessions in free mode", length=(1, 20))
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where state that must survive a restart lives."""
+
+    dir: str = setting("/var/lib/evse", "database, queue, ledger and log files", length=(1, None))
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """The local API that the evse command talks to."""
+
+    socket: str = setting("/run/evse/control.sock", "the control/status API Unix socket", length=(1, None))
+
+
+@dataclass(frozen=True)
+class MeterSettings:
+    """A Modbus energy meter; the class of both [meter] and the optional [grid_meter]."""
+
+    model: str = setting(
+        "auto",
+        "meter driver; auto = sim on simulated hardware, sdm630 on a Pi",
+        choices=("auto", "sim", "sdm630", "sdm120", "sdm72", "abb-b23", "em340", "custom"),
+    )
+    port: str = setting("/dev/ttyUSB0", "RS-485 serial port")
+    baudrate: int = setting(9600, "Modbus RTU speed", unit="baud", choices=_BAUDRATES)
+    parity: str = setting("N", "Modbus RTU parity: none, even or odd", choices=("N", "E", "O"))
+    address: int = setting(1, "Modbus slave address", min=1, max=247)
+
+
+@dataclass(frozen=True)
+class RfidSettings:
+    """The card reader, and how a card UID becomes an idTag."""
+
+    reader: str = setting(
+        "auto",
+        "card reader driver; auto = sim on simulated hardware, pcsc on a Pi; none = no reader",
+        choices=("auto", "sim", "pcsc", "pn532", "none"),
+    )
+    port: str = setting("/dev/serial0", "serial port of a PN532 reader (pn532 only)")
+    uid_byte_order: str = setting("forward", "UID byte order in the idTag", choices=("forward", "reverse"))
+    uid_case: str = setting("upper", "case of the hex digits in the idTag", choices=("upper", "lower"))
+
+
+@dataclass(frozen=True)
+class ContactorSettings:
+    """The contactor's mirror contact, which proves it really opened or closed."""
+
+    feedback: bool = setting(True, "a mirror contact is wired")
+    feedback_timeout_ms: int = setting(
+        500, "how long the mirror contact may disagree before weld / stuck-open", unit="ms", min=20, max=5000
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log verbosity and the size-rotated log file in the store dir."""
+
+    level: str = setting("info", "lowest level logged", choices=("debug", "info", "warning", "error"))
+    file_max_kb: int = setting(1024, "size at which the log file rotates", unit="KiB", min=16, max=1048576)
+    file_count: int = setting(5, "rotated log files kept", min=1, max=100)
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """The simulated EV and cable, used when the hardware is simulated."""
+
+    ev_battery_kwh: float = setting(60.0, "battery capacity of the simulated EV", unit="kWh", min=1, max=250)
+    ev_soc_percent: float = setting(40.0, "its state of charge when plugged in", unit="%", min=0, max=100)
+    ev_max_current_a: float = setting(32.0, "the most current it draws per phase", unit="A", min=6, max=80)
+    ev_phases: int = setting(3, "phases it charges on", choices=(1, 3))
+    cable_a: float = setting(
+        32.0, "rating of the simulated socket cable (PP coding)", unit="A", choices=(13, 20, 32, 63)
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration; a section missing from the file takes its defaults (grid_meter: None)."""
+
+    charger: ChargerSettings = field(default_factory=ChargerSettings)
+    hal: HalSettings = field(default_factory=HalSettings)
+    ocpp: OcppSettings = field(default_factory=OcppSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    meter: MeterSettings = field(default_factory=MeterSettings)
+    grid_meter: MeterSettings | None = None
+    rfid: RfidSettings = field(default_factory=RfidSettings)
+    contactor: ContactorSettings = field(default_factory=ContactorSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    sim: SimSettings = field(default_factory=SimSettings)
+
+
+# ── the generic validator ────────────────────────────────────────────────────────────────────────────────
+_BAD: Any = object()
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_STR_LIST = tuple[str, ...]
+_EXPECTED: dict[Any, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    _STR_LIST: "a list of strings",
+}
+
+
+def _sections() -> Iterator[tuple[str, type[Any], bool]]:
+    """(name, settings class, optional) for each section, read from the Settings annotations."""
+    hints = typing.get_type_hints(Settings)
+    for f in fields(Settings):
+        classes = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
+        yield f.name, (classes[0] if classes else hints[f.name]), bool(classes)
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in TOML, short enough for one error line."""
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 64 else "a very large integer"
+    return str(value)
+
+
+def _describe(value: Any, secret: bool = False) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(value))
+    if kind is not None:
+        return kind if secret else f"{kind} ({_show(value)})"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, datetime.date | datetime.time):
+        return "a date/time"
+    return f"a {type(value).__name__}"
+
+
+def _is_a(tp: Any, value: Any) -> bool:
+    if isinstance(value, bool):
+        return tp is bool  # TOML booleans are Python ints; never take one for a number
+    if tp is float:
+        return isinstance(value, int | float)
+    return isinstance(value, tp)
+
+
+def _problem(tp: Any, meta: _Meta, value: Any) -> str | None:
+    """What is wrong with one scalar value, without the key."""
+    if not _is_a(tp, value):
+        return f"expected {_EXPECTED[tp]}, got {_describe(value, meta.secret)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {_show(value)}"
+    if meta.choices and value not in meta.choices:
+        return f"{_show(value)} is not one of {', '.join(_show(c) for c in meta.choices)}"
+    if meta.min is not None and value < meta.min:
+        return f"{_show(value)} is below the minimum {_show(meta.min)}"
+    if meta.max is not None and value > meta.max:
+        return f"{_show(value)} is above the maximum {_show(meta.max)}"
+    if meta.length is not None:
+        low, high = meta.length
+        if low > 0 and not value:
+            return "must not be empty"
+        if len(value) < low or (high is not None and len(value) > high):
+            shown = "" if meta.secret else f"{_show(value)} "
+            span = f"at least {low}" if high is None else f"{low} to {high}"
+            return f"{shown}must be {span} characters long (got {len(value)})"
+    return meta.check(value) if meta.check is not None else None
+
+
+def _value(key: str, tp: Any, meta: _Meta, raw: Any, errors: list[str]) -> Any:
+    """The typed value of one key, or _BAD after adding its error line(s)."""
+    if tp == _STR_LIST:
+        if not isinstance(raw, list | tuple):
+            errors.append(f"{key}: expected {_EXPECTED[tp]}, got {_describe(raw, meta.secret)}")
+            return _BAD
+        items = [_value(f"{key}[{i}]", str, meta, item, errors) for i, item in enumerate(raw)]
+        return _BAD if any(item is _BAD for item in items) else tuple(items)
+    problem = _problem(tp, meta, raw)
+    if problem is not None:
+        errors.append(f"{key}: {problem}")
+        return _BAD
+    return float(raw) if tp is float else raw
+
+
+def _unknown(prefix: str, name: Any, known: Iterable[str], what: str) -> str:
+    """An unknown name, quoted as TOML would need it, with the likely intended one."""
+    shown = name if isinstance(name, str) and _BARE_KEY.fullmatch(name) else json.dumps(str(name))
+    close = get_close_matches(str(name), list(known), n=1)
+    return f"{prefix}{shown}: unknown {what}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _section(name: str, cls: type[Any], raw: Any, errors: list[str], bad: set[str]) -> Any:
+    schema = fields(cls)
+    if not isinstance(raw, Mapping):
+        errors.append(f"{name}: expected a table")
+        bad.update(f"{name}.{f.name}" for f in schema)
+        return cls()
+    names = [f.name for f in schema]
+    errors.extend(_unknown(f"{name}.", k, names, "key") for k in raw if k not in names)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in schema:
+        if f.name in raw:
+            value = _value(f"{name}.{f.name}", hints[f.name], _meta(f), raw[f.name], errors)
+            if value is _BAD:
+                bad.add(f"{name}.{f.name}")
+            else:
+                values[f.name] = value
+    return cls(**values)
+
+
+def _cross_checks(s: Settings, bad: set[str]) -> Iterator[str]:
+    """Rules that tie keys together; each is skipped when one of its keys already failed, to avoid noise."""
+
+    def valid(*keys: str) -> bool:
+        return bad.isdisjoint(keys)
+
+    # A key that failed keeps its default, so only the keys whose default would trigger a rule need a guard.
+    ocpp, profile = s.ocpp, s.ocpp.security_profile
+    if profile in (1, 2) and not ocpp.authorization_key and valid("ocpp.authorization_key"):
+        yield f"ocpp.authorization_key: security profile {profile} needs a key of 16 to 40 characters"
+    if profile in (2, 3) and not ocpp.url.lower().startswith("wss://") and valid("ocpp.url"):
+        yield f"ocpp.url: security profile {profile} needs a wss:// url"
+    if profile == 3 and not ocpp.client_cert and valid("ocpp.client_cert"):
+        yield "ocpp.client_cert: security profile 3 needs a client certificate file"
+    if profile == 3 and not ocpp.client_key and valid("ocpp.client_key"):
+        yield "ocpp.client_key: security profile 3 needs a client key file"
+    if s.auth.mode == "ocpp" and not ocpp.url and valid("ocpp.url"):
+        yield 'auth.mode: "ocpp" needs a CSMS url in ocpp.url'
+
+
+# ── public API ───────────────────────────────────────────────────────────────────────────────────────────
+def parse_settings(data: Mapping[str, Any], source: str = "<config>") -> Settings:
+    """Validates an already-parsed document, so tests and tools need no file; raises ConfigError."""
+    errors: list[str] = []
+    bad: set[str] = set()
+    sections = {name: (cls, optional) for name, cls, optional in _sections()}
+    errors.extend(_unknown("", name, sections, "section") for name in data if name not in sections)
+    built: dict[str, Any] = {}
+    for name, (cls, optional) in sections.items():
+        if name in data:
+            built[name] = _section(name, cls, data[name], errors, bad)
+        elif optional:
+            built[name] = None
+    settings = Settings(**built)
+    errors.extend(_cross_checks(settings, bad))
+    if errors:
+        raise ConfigError(errors, source)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Reads and validates a config file; file problems are reported as ConfigError lines too."""
+    shown = os.fspath(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"config: {shown}: file not found"], shown) from None
+    except OSError as exc:
+        raise ConfigError([f"config: {shown}: cannot read ({exc.strerror or exc})"], shown) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"config: {shown}: invalid TOML: not UTF-8 (at byte {exc.start})"], shown
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config: {shown}: invalid TOML: {exc}"], shown) from None
+    return parse_settings(data, shown)
+
+
+def default_settings() -> Settings:
+    """What runs with no config file at all (e.g. `evse demo`)."""
+    return Settings()
+
+
+def find_config(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The file to load: --config, then $EVSE_CONFIG, then CONFIG_SEARCH_PATHS; None if none exists.
+
+    A path the user named (--config or $EVSE_CONFIG) is returned even when missing, so the caller reports it
+    rather than silently running with another file.
+    """
+    if explicit:
+        return Path(explicit)
+    named = (os.environ if env is None else env).get(ENV_VAR)
+    if named:
+        return Path(named)
+    for candidate in CONFIG_SEARCH_PATHS:
+        if Path(candidate).is_file():
+            return Path(candidate).absolute()
+    return None
+
+
+def iter_keys() -> Iterator[tuple[str, str, Any, str, str]]:
+    """(section, key, default, unit, doc) for every key, to document the file and check config.toml."""
+    for name, cls, _ in _sections():
+        for f in fields(cls):
+            meta = _meta(f)
+            yield name, f.name, f.default, meta.unit, meta.doc
+
+
+def masked(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Settings as plain dicts safe to print or log: non-empty secrets become "********"."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, _, _ in _sections():
+        section = getattr(settings, name)
+        if section is None:
+            continue
+        out[name] = {}
+        for f in fields(section):
+            value = getattr(section, f.name)
+            if _meta(f).secret and value:
+                value = MASK
+            out[name][f.name] = list(value) if isinstance(value, tuple) else value
+    return out

@@ -1,0 +1,76 @@
+"""Meter sampling: the latest reading for status and sessions, and the meter fault.
+
+The meter is read on its own task so a slow or dead bus never stalls the control loop. Energy
+for sessions always comes from the meter's import register, never from integrated power.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from hal.interfaces import DeviceError, EnergyMeter, MeterReading
+
+log = logging.getLogger("firmware.metering")
+
+
+class MeterSampler:
+    """Reads every ``interval_s``; ``failures_to_fault`` failed reads in a row raise the meter fault."""
+
+    def __init__(
+        self,
+        meter: EnergyMeter,
+        on_fault: Callable[[bool], None],
+        *,
+        interval_s: float = 1.0,
+        failures_to_fault: int = 3,
+        on_reading: Callable[[MeterReading], None] | None = None,
+    ) -> None:
+        self.meter = meter
+        self.on_fault = on_fault
+        self.interval_s = interval_s
+        self.failures_to_fault = failures_to_fault
+        self.on_reading = on_reading
+        self.latest: MeterReading | None = None
+        self.failures = 0
+        self.faulted = False
+
+    async def sample(self) -> MeterReading | None:
+        """One read; returns None (and counts a failure) when the meter does not answer."""
+        try:
+            reading = await self.meter.read()
+        except DeviceError as exc:
+            self.failures += 1
+            if self.failures >= self.failures_to_fault and not self.faulted:
+                self.faulted = True
+                log.error("meter fault after %d failed reads: %s", self.failures, exc)
+                self.on_fault(True)
+            else:
+                log.warning("meter read failed (%d in a row): %s", self.failures, exc)
+            return None
+        if self.faulted:
+            log.warning("meter answers again after %d failed reads", self.failures)
+            self.faulted = False
+            self.on_fault(False)
+        self.failures = 0
+        self.latest = reading
+        if self.on_reading is not None:
+            self.on_reading(reading)
+        return reading
+
+    async def register_wh(self) -> float | None:
+        """A fresh import-register value for a session boundary (falls back to the latest reading)."""
+        reading = await self.sample()
+        if reading is None and self.latest is not None:
+            log.warning(
+                "using the last good meter register (%.1f Wh) for a session boundary",
+                self.latest.energy_import_wh,
+            )
+            return self.latest.energy_import_wh
+        return None if reading is None else reading.energy_import_wh
+
+    async def run(self) -> None:
+        while True:
+            await self.sample()
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,96 @@
+"""A charge point on simulated hardware with a fake clock: the test bench for the control loop."""
+
+from __future__ import annotations
+
+from hal.clock import FakeClock
+from hal.iec61851 import current_for_duty
+from hal.interfaces import PilotConstant
+from hal.sim import EVParams, SimBench
+from firmware.charging.connector import ConnectorEvent, SessionStopped, Status
+from firmware.charging.controller import ChargingController, ControllerSettings
+from firmware.limits.arbiter import Arbiter
+
+
+class Rig:
+    def __init__(
+        self,
+        *,
+        cable_a: float | None = 32.0,
+        ventilation_allowed: bool = False,
+        feedback: bool = True,
+        max_current_a: float = 32.0,
+        connection_timeout_s: float = 60.0,
+        ev: EVParams | None = None,
+    ) -> None:
+        self.clock = FakeClock()
+        self.bench = SimBench(self.clock, cable_a=cable_a, feedback=feedback, ev=ev or EVParams())
+        self.arbiter = Arbiter()
+        self.ctl = ChargingController(
+            self.bench.hardware(),
+            self.arbiter,
+            self.clock,
+            ControllerSettings(
+                max_current_a=max_current_a,
+                tethered_cable=cable_a is None,
+                ventilation_allowed=ventilation_allowed,
+                connection_timeout_s=connection_timeout_s,
+                feedback_timeout_s=0.5,
+            ),
+        )
+        self.events: list[ConnectorEvent] = []
+        self.ctl.add_listener(self.events.append)
+        self.ctl.enter_safe_state()
+
+    async def step(self) -> None:
+        self.bench.tick()
+        await self.ctl.step()
+
+    async def run(self, seconds: float, dt: float = 0.05) -> None:
+        """Advance time in steps of ``dt``, ticking the simulation and the control loop each time."""
+        await self.step()
+        end = self.clock.monotonic() + seconds
+        while self.clock.monotonic() < end - 1e-9:
+            self.clock.advance(min(dt, end - self.clock.monotonic()))
+            await self.step()
+
+    async def until(self, predicate: object, timeout: float, dt: float = 0.05) -> float:
+        """Run until ``predicate()`` holds; returns the time it took (fails after ``timeout``)."""
+        start = self.clock.monotonic()
+        await self.step()
+        while not predicate():  # type: ignore[operator]
+            if self.clock.monotonic() - start > timeout:
+                raise AssertionError(f"condition not met within {timeout} s (status {self.status})")
+            self.clock.advance(dt)
+            await self.step()
+        return self.clock.monotonic() - start
+
+    async def charging(self, tag: str = "CARD1") -> None:
+        """Plug, authorize and wait until energy flows."""
+        self.bench.plug()
+        self.ctl.connector.authorize(tag)
+        await self.until(lambda: self.status is Status.CHARGING and self.contactor_closed, 5.0)
+
+    @property
+    def status(self) -> Status:
+        return self.ctl.connector.status
+
+    @property
+    def contactor_closed(self) -> bool:
+        return self.bench.contactor.commanded
+
+    @property
+    def duty(self) -> float | None:
+        return self.bench.pilot.duty
+
+    @property
+    def pilot_constant(self) -> PilotConstant | None:
+        out = self.bench.pilot.output
+        return out if isinstance(out, PilotConstant) else None
+
+    @property
+    def offered_a(self) -> float:
+        duty = self.duty
+        return 0.0 if duty is None else (current_for_duty(duty) or 0.0)
+
+    def stops(self) -> list[SessionStopped]:
+        return [e for e in self.events if isinstance(e, SessionStopped)]

@@ -1,0 +1,470 @@
+"""The simulated bench: what a controller observes through the simulated devices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hal.clock import FakeClock
+from hal.iec61851 import current_for_duty, duty_for_current
+from hal.interfaces import CardTap, DeviceError, IndicatorPattern, PilotConstant, PilotLevels
+from hal.sim import FAULT_KINDS, EVParams, SimBench, SimulatedEV
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def bench(clock: FakeClock) -> SimBench:
+    return SimBench(clock)
+
+
+def run(bench: SimBench, clock: FakeClock, seconds: float) -> None:
+    clock.advance(seconds)
+    bench.tick()
+
+
+def charging(bench: SimBench, clock: FakeClock, amps: float = 16.0) -> None:
+    """Plug, offer ``amps``, wait for C, close the contactor, wait for full current."""
+    bench.plug()
+    bench.pilot.set_duty(duty_for_current(amps))
+    run(bench, clock, 1.0)
+    assert bench.ev.state == "C"
+    bench.contactor.command(True)
+    run(bench, clock, 0.02 + 1.0 + 10.0)
+
+
+# -- pilot -------------------------------------------------------------------------------------
+def test_pilot_levels_for_every_state(bench: SimBench, clock: FakeClock) -> None:
+    pilot = bench.pilot
+    assert pilot.read() == PilotLevels(12.0, 12.0)  # A, +12 V
+    pilot.set_duty(50.0)
+    assert pilot.read() == PilotLevels(12.0, -12.0)  # A2: no EV, no diode to check
+    pilot.set_constant(PilotConstant.PLUS_12V)
+    bench.plug()
+    assert pilot.read() == PilotLevels(9.0, 9.0)  # B1
+    pilot.set_duty(50.0)
+    assert pilot.read() == PilotLevels(9.0, -12.0)  # B2
+    run(bench, clock, 1.0)
+    assert pilot.read() == PilotLevels(6.0, -12.0)  # C2
+    bench.set_ev_ventilation(True)
+    assert pilot.read() == PilotLevels(3.0, -12.0)  # D2
+    pilot.set_constant(PilotConstant.MINUS_12V)
+    assert pilot.read() == PilotLevels(-12.0, -12.0)  # F
+    bench.inject("cp-short")
+    assert pilot.read() == PilotLevels(0.0, 0.0)  # E
+    bench.clear("cp-short")
+    assert pilot.read() == PilotLevels(-12.0, -12.0)
+
+
+def test_shorted_diode_shows_in_the_pwm_low_half(bench: SimBench) -> None:
+    bench.inject("diode")
+    bench.pilot.set_duty(50.0)
+    assert bench.pilot.read().low_v == -12.0  # no EV plugged: nothing to short
+    bench.plug()
+    assert bench.pilot.read() == PilotLevels(9.0, -9.0)
+    bench.pilot.set_constant(PilotConstant.PLUS_12V)
+    assert bench.pilot.read() == PilotLevels(9.0, 9.0)
+    bench.clear("diode")
+    bench.pilot.set_duty(50.0)
+    assert bench.pilot.read() == PilotLevels(9.0, -12.0)
+
+
+def test_duty_outside_0_100_is_refused(bench: SimBench) -> None:
+    for duty in (0.0, 100.0, -5.0, math.nan):
+        with pytest.raises(ValueError):
+            bench.pilot.set_duty(duty)
+
+
+def test_ev_requests_only_after_request_delay_of_valid_pwm(bench: SimBench, clock: FakeClock) -> None:
+    bench.plug()
+    run(bench, clock, 10.0)
+    assert bench.ev.state == "B"  # +12 V: no offer
+    bench.pilot.set_duty(5.0)  # digital communication only: not an offer
+    run(bench, clock, 10.0)
+    assert bench.ev.state == "B"
+    bench.pilot.set_duty(duty_for_current(16.0))
+    run(bench, clock, 0.99)
+    assert bench.ev.state == "B"
+    run(bench, clock, 0.01)
+    assert bench.ev.state == "C"
+
+
+def test_ev_returns_to_b_when_pwm_stops_or_it_declines(bench: SimBench, clock: FakeClock) -> None:
+    charging(bench, clock)
+    assert bench.ev.draw_a == pytest.approx(16.0)
+    bench.pilot.set_constant(PilotConstant.PLUS_12V)
+    assert bench.ev.draw_a == 0.0  # current stops with the PWM
+    run(bench, clock, 0.4)
+    assert bench.ev.state == "C"
+    run(bench, clock, 0.1)
+    assert bench.ev.state == "B"
+    bench.pilot.set_duty(duty_for_current(16.0))
+    run(bench, clock, 1.0)
+    assert bench.ev.state == "C"
+    bench.ev_request(False)
+    assert bench.ev.state == "B"
+    run(bench, clock, 100.0)
+    assert bench.ev.state == "B"
+    bench.ev_request(True)
+    run(bench, clock, 1.0)
+    assert bench.ev.state == "C"
+
+
+# -- current -----------------------------------------------------------------------------------
+def test_current_onset_ramp_and_following_the_offer(bench: SimBench, clock: FakeClock) -> None:
+    bench.plug()
+    bench.pilot.set_duty(duty_for_current(16.0))
+    run(bench, clock, 1.0)
+    bench.contactor.command(True)
+    run(bench, clock, 0.02 + 0.99)
+    assert bench.ev.draw_a == 0.0  # contacts closed, onset not over
+    run(bench, clock, 0.51)
+    assert bench.ev.draw_a == pytest.approx(5.0)  # 10 A/s for 0.5 s
+    run(bench, clock, 5.0)
+    assert bench.ev.draw_a == pytest.approx(16.0)
+    bench.pilot.set_duty(duty_for_current(10.0))
+    run(bench, clock, 0.3)
+    assert bench.ev.draw_a == pytest.approx(13.0)  # ramps down too
+    run(bench, clock, 1.0)
+    assert bench.ev.draw_a == pytest.approx(10.0)
+    bench.pilot.set_duty(duty_for_current(40.0))
+    run(bench, clock, 10.0)
+    assert bench.ev.draw_a == pytest.approx(32.0)  # the EV's own maximum
+    bench.set_ev_max_current(12.0)
+    assert bench.ev.draw_a == pytest.approx(12.0)
+    bench.contactor.command(False)
+    run(bench, clock, 0.01)
+    assert bench.ev.draw_a == pytest.approx(12.0)  # contacts not open yet
+    run(bench, clock, 0.01)
+    assert bench.ev.draw_a == 0.0
+
+
+def test_energy_over_an_hour_in_big_steps(bench: SimBench, clock: FakeClock) -> None:
+    bench.plug()
+    bench.pilot.set_duty(duty_for_current(16.0))
+    run(bench, clock, 1.0)
+    bench.contactor.command(True)
+    for _ in range(4):
+        run(bench, clock, 900.0)
+    reading = asyncio.run(bench.meter.read())
+    # 16 A x 3 x 230 V for 1 h, less the onset (1.02 s) and half the ramp (0.8 s).
+    assert reading.energy_import_wh == pytest.approx(11040.0 * (3600 - 1.82) / 3600, rel=1e-6)
+    assert reading.energy_import_wh == pytest.approx(11040.0, rel=0.01)
+    assert bench.ev.soc_percent == pytest.approx(40.0 + reading.energy_import_wh / 600.0)
+    assert reading.current_a == (16.0, 16.0, 16.0)
+    assert reading.total_power_w == pytest.approx(11040.0)
+
+
+def test_big_steps_match_small_steps() -> None:
+    results = []
+    for step in (0.05, 7.0, 120.0):
+        clock = FakeClock()
+        bench = SimBench(clock, ev=EVParams(soc_percent=94.0, battery_kwh=10.0))
+        charging(bench, clock, amps=32.0)
+        for _ in range(round(600 / step)):
+            run(bench, clock, step)
+        results.append((bench.ev.energy_wh, bench.ev.soc_percent, bench.ev.draw_a))
+    (e0, s0, d0), *others = results
+    for energy, soc, draw in others:
+        assert energy == pytest.approx(e0, rel=1e-3)
+        assert soc == pytest.approx(s0, abs=0.01)
+        assert draw == pytest.approx(d0, abs=0.05)
+
+
+def test_taper_then_full_goes_to_b(clock: FakeClock) -> None:
+    bench = SimBench(clock, ev=EVParams(soc_percent=97.0, battery_kwh=10.0))
+    charging(bench, clock, amps=32.0)
+    assert 6.0 < bench.ev.draw_a < 32.0
+    soc = bench.ev.soc_percent
+    run(bench, clock, 60.0)
+    assert bench.ev.soc_percent > soc
+    run(bench, clock, 3600.0)
+    assert bench.ev.soc_percent == 100.0
+    assert bench.ev.state == "B"
+    assert bench.ev.draw_a == 0.0
+
+
+def test_ev_full_stops_at_once(bench: SimBench, clock: FakeClock) -> None:
+    charging(bench, clock)
+    bench.ev_full()
+    assert bench.ev.state == "B"
+    assert bench.ev.draw_a == 0.0
+    run(bench, clock, 60.0)
+    assert bench.ev.state == "B"
+    bench.set_ev_soc(80.0)
+    run(bench, clock, 1.0)
+    assert bench.ev.state == "C"
+
+
+def test_single_phase_ev_and_single_phase_bench(clock: FakeClock) -> None:
+    bench = SimBench(clock, ev=EVParams(phases=1))
+    charging(bench, clock)
+    reading = asyncio.run(bench.meter.read())
+    assert reading.current_a == (16.0, 0.0, 0.0)
+    assert reading.power_w == (3680.0, 0.0, 0.0)
+    small = SimBench(FakeClock(), phases=1, voltage_v=240.0)
+    reading = asyncio.run(small.meter.read())
+    assert reading.voltage_v == (240.0, None, None)
+    assert reading.current_a == (0.0, None, None)
+    assert small.ev.phases == 1
+
+
+def test_simulated_ev_on_its_own() -> None:
+    ev = SimulatedEV(EVParams(current_onset_s=0.0, request_delay_s=0.0), now=0.0)
+    ev.plug()
+    ev.update(0.0, duty_for_current(10.0), True, 230.0)
+    assert ev.state == "C"
+    ev.update(3600.0, duty_for_current(10.0), True, 230.0)
+    assert ev.energy_wh == pytest.approx(6900.0 * (3600 - 0.5) / 3600)
+    with pytest.raises(ValueError):
+        ev.update(10.0, None, False, 230.0)
+
+
+# -- contactor ---------------------------------------------------------------------------------
+def test_contactor_feedback_follows_after_switch_delay(bench: SimBench, clock: FakeClock) -> None:
+    c = bench.contactor
+    c.command(True)
+    assert c.commanded and c.feedback() is False
+    clock.advance(0.02)
+    assert c.feedback() is True  # computed from the clock, no tick needed
+    c.command(False)
+    assert c.feedback() is True
+    clock.advance(0.02)
+    assert c.feedback() is False
+    assert SimBench(FakeClock(), feedback=False).contactor.feedback() is None
+
+
+def test_weld_and_stuck_open(bench: SimBench, clock: FakeClock) -> None:
+    charging(bench, clock)
+    bench.inject("weld")
+    bench.contactor.command(False)
+    run(bench, clock, 1.0)
+    assert bench.contactor.feedback() is True
+    assert bench.ev.draw_a == pytest.approx(16.0)  # welded contacts still conduct
+    bench.clear("weld")
+    assert bench.contactor.feedback() is False
+    assert bench.ev.draw_a == 0.0
+    bench.inject("stuck-open")
+    bench.contactor.command(True)
+    run(bench, clock, 10.0)
+    assert bench.contactor.feedback() is False
+    assert bench.ev.state == "C"
+    assert bench.ev.draw_a == 0.0  # no power reaches the EV
+    bench.clear()
+    run(bench, clock, 0.02 + 1.0 + 2.0)
+    assert bench.contactor.feedback() is True
+    assert bench.ev.draw_a == pytest.approx(16.0)
+
+
+# -- proximity, fault inputs -------------------------------------------------------------------
+@pytest.mark.parametrize(("cable", "ohms"), [(13.0, 1500.0), (20.0, 680.0), (32.0, 220.0), (63.0, 100.0)])
+def test_pp_per_cable(cable: float, ohms: float) -> None:
+    bench = SimBench(FakeClock(), cable_a=cable)
+    assert bench.proximity.read_ohms() == math.inf
+    bench.plug()
+    assert bench.proximity.read_ohms() == ohms
+    bench.inject("pp-broken")
+    assert bench.proximity.read_ohms() == math.inf
+
+
+def test_pp_tethered_and_bad_cable() -> None:
+    bench = SimBench(FakeClock(), cable_a=None)
+    bench.plug()
+    assert bench.proximity.read_ohms() == math.inf
+    with pytest.raises(ValueError):
+        SimBench(FakeClock(), cable_a=16.0)
+
+
+def test_fault_inputs_and_kinds(bench: SimBench) -> None:
+    assert bench.faults.active() == frozenset()
+    bench.inject("rcd")
+    bench.inject("meter")
+    bench.inject("overtemp")
+    assert bench.faults.active() == {"rcd", "overtemp"}
+    bench.clear("rcd")
+    assert bench.faults.active() == {"overtemp"}
+    bench.clear()
+    assert bench.injected == frozenset()
+    with pytest.raises(ValueError, match="pp-broken"):
+        bench.inject("flood")
+    with pytest.raises(ValueError):
+        bench.clear("flood")
+    assert len(FAULT_KINDS) == 9
+
+
+# -- meter, reader, indicator ------------------------------------------------------------------
+async def test_meter_fault_raises(bench: SimBench, clock: FakeClock) -> None:
+    bench.inject("meter")
+    with pytest.raises(DeviceError) as info:
+        await bench.meter.read()
+    assert info.value.kind == "meter"
+    bench.clear("meter")
+    clock.advance(5.0)
+    reading = await bench.meter.read()
+    assert reading.taken_at == clock.monotonic()
+    assert reading.voltage_v == (230.0, 230.0, 230.0)
+
+
+async def test_reader_taps_and_fault(bench: SimBench) -> None:
+    bench.tap(b"\x04\xa1\xb2")
+    taps = bench.reader.taps()
+    assert await anext(taps) == CardTap(uid=b"\x04\xa1\xb2", reader="sim")
+    waiting = asyncio.ensure_future(anext(taps))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    bench.inject("reader")  # wakes the waiting consumer
+    with pytest.raises(DeviceError) as info:
+        await asyncio.wait_for(waiting, 1.0)
+    assert info.value.kind == "reader"
+    with pytest.raises(DeviceError):
+        await anext(bench.reader.taps())
+    bench.clear("reader")
+    bench.tap(b"\x01\x02\x03\x04")
+    assert (await anext(bench.reader.taps())).uid == b"\x01\x02\x03\x04"
+
+
+def test_indicator_records_changes() -> None:
+    ind = SimBench(FakeClock()).indicator
+    assert ind.pattern.value == "off" and ind.history == []
+    for pattern in (IndicatorPattern.IDLE, IndicatorPattern.IDLE, IndicatorPattern.CHARGING):
+        ind.show(pattern)
+    assert ind.pattern is IndicatorPattern.CHARGING
+    assert ind.history == [IndicatorPattern.IDLE, IndicatorPattern.CHARGING]
+    for i in range(150):
+        ind.show(IndicatorPattern.FAULT if i % 2 else IndicatorPattern.IDLE)
+    assert len(ind.history) == 100
+
+
+# -- bench -------------------------------------------------------------------------------------
+def test_listeners(bench: SimBench, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    def listener() -> None:
+        calls.append(bench.ev.state)
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    bench.pilot.subscribe(listener)
+    bench.contactor.subscribe(listener)  # same list: registered once
+    bench.faults.subscribe(broken)
+    with caplog.at_level(logging.ERROR):
+        bench.plug()
+    assert calls == ["B"]
+    assert "boom" in caplog.text
+    bench.inject("rcd")
+    bench.unplug()
+    assert calls == ["B", "B", "A"]
+    bench.plug()
+    bench.pilot.set_duty(duty_for_current(16.0))  # output change: controller re-reads
+    calls.clear()
+    run(bench, clock, 0.5)
+    assert calls == []  # nothing changed
+    run(bench, clock, 0.5)
+    assert calls == ["C"]  # letter change found by tick
+    bench.contactor.command(True)
+    calls.clear()
+    run(bench, clock, 0.02)
+    assert calls == ["C"]  # feedback change found by tick
+    bench.tick()
+    assert calls == ["C"]  # idempotent
+
+
+def test_hardware_and_snapshot(bench: SimBench, clock: FakeClock) -> None:
+    hw = bench.hardware()
+    assert hw.pilot is bench.pilot and hw.contactor is bench.contactor
+    assert bench.hardware().meter is hw.meter
+    assert hw.extras == {"sim": bench}
+    charging(bench, clock)
+    bench.inject("overtemp")
+    snap = bench.snapshot()
+    json.dumps(snap)
+    assert snap["plugged"] is True
+    assert snap["ev_state"] == "C"
+    assert snap["draw_a"] == 16.0
+    assert snap["contactor_physical"] is True
+    assert snap["faults"] == ["overtemp"]
+    assert isinstance(snap["energy_wh"], float) and snap["energy_wh"] > 0
+
+
+# -- property ----------------------------------------------------------------------------------
+actions = st.one_of(
+    st.tuples(st.sampled_from(["plug", "unplug", "plus12", "minus12", "wait"]), st.just(0.0)),
+    st.tuples(st.just("duty"), st.floats(1.0, 99.0) | st.floats(8.0, 60.0)),
+    st.tuples(st.sampled_from(["close", "request"]), st.sampled_from([0.0, 1.0])),
+    st.tuples(st.just("max"), st.floats(0.0, 40.0)),
+    st.tuples(st.just("soc"), st.floats(0.0, 100.0)),
+)
+pauses = st.sampled_from([0.0, 0.001, 0.02, 0.3, 0.5, 1.0, 1.7, 5.0, 60.0, 900.0])
+
+
+def act(bench: SimBench, name: str, value: float) -> None:
+    if name == "plug":
+        bench.plug()
+    elif name == "unplug":
+        bench.unplug()
+    elif name == "plus12":
+        bench.pilot.set_constant(PilotConstant.PLUS_12V)
+    elif name == "minus12":
+        bench.pilot.set_constant(PilotConstant.MINUS_12V)
+    elif name == "duty":
+        bench.pilot.set_duty(value)
+    elif name == "close":
+        bench.contactor.command(bool(value))
+    elif name == "request":
+        bench.ev_request(bool(value))
+    elif name == "max":
+        bench.set_ev_max_current(value)
+    elif name == "soc":
+        bench.set_ev_soc(value)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(actions, pauses), max_size=30), st.floats(50.0, 100.0), st.floats(6.0, 40.0))
+def test_energy_never_decreases_and_draw_respects_offer(
+    steps: list[tuple[tuple[str, float], float]], soc: float, start_a: float
+) -> None:
+    clock = FakeClock()
+    bench = SimBench(clock, ev=EVParams(soc_percent=soc, battery_kwh=5.0, request_delay_s=0.2))
+    ramp = bench.ev.params.ramp_a_per_s
+    bench.plug()  # start from a session about to charge, so the random steps reach current flow
+    bench.pilot.set_duty(duty_for_current(start_a))
+    bench.contactor.command(True)
+
+    def limit() -> float:
+        duty = bench.pilot.duty
+        offered = None if duty is None else current_for_duty(duty)
+        return min(offered or 0.0, bench.ev.max_current_a)
+
+    energy = 0.0
+
+    def check() -> None:
+        nonlocal energy
+        reading = bench.meter.reading()
+        assert reading.energy_import_wh >= energy
+        energy = reading.energy_import_wh
+        draw = bench.ev.draw_a
+        assert draw <= bench.ev.max_current_a + 0.01
+        assert draw <= allowed + 0.01
+        if limit() == 0.0 or not bench.contactor.physical():
+            assert draw == 0.0
+
+    # The offer, or a higher earlier one the EV is still ramping down from (it ramps both ways).
+    allowed = limit()
+    for (name, value), pause in steps:
+        act(bench, name, value)
+        allowed = max(limit(), allowed)
+        check()
+        clock.advance(pause)
+        bench.tick()
+        allowed = max(limit(), allowed - ramp * pause)
+        check()
