@@ -45,8 +45,7 @@ class ApiClient:
                 ) from None
             except ConnectionRefusedError:
                 raise DaemonUnavailable(
-                    f"cannot reach the evse daemon at {self.path}: connection refused "
-                    "(is `evse run` running?)"
+                    f"cannot reach the evse daemon at {self.path}: connection refused (is `evse run` running?)"
                 ) from None
             except PermissionError:
                 raise DaemonUnavailable(
@@ -58,9 +57,7 @@ class ApiClient:
                     f"cannot reach the evse daemon at {self.path}: no answer within {self.timeout:g} s"
                 ) from None
             except OSError as exc:
-                raise DaemonUnavailable(
-                    f"cannot reach the evse daemon at {self.path}: {exc.strerror or exc}"
-                ) from None
+                raise DaemonUnavailable(f"cannot reach the evse daemon at {self.path}: {exc.strerror or exc}") from None
             try:
                 sock.sendall(line)
                 raw = self._read_line(sock)
@@ -80,9 +77,7 @@ class ApiClient:
         while True:
             chunk = sock.recv(65536)
             if not chunk:
-                raise DaemonUnavailable(
-                    f"the evse daemon at {self.path} closed the connection without a reply"
-                )
+                raise DaemonUnavailable(f"the evse daemon at {self.path} closed the connection without a reply")
             newline = chunk.find(b"\n")
             if newline >= 0:
                 chunks.append(chunk[:newline])

@@ -16,8 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from hal.clock import Clock, SystemClock
-from hal.interfaces import Hardware
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
 from firmware.charging.controller import ChargingController, ControllerSettings
@@ -25,6 +23,8 @@ from firmware.config import Settings
 from firmware.limits.arbiter import Arbiter
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
+from hal.clock import Clock, SystemClock
+from hal.interfaces import Hardware
 
 log = logging.getLogger("firmware.app")
 
@@ -144,12 +144,16 @@ class ChargePointApp:
             "reason": None if winner is None else winner.reason,
         }
         reading = self.sampler.latest
-        status["meter"] = None if reading is None else {
-            "power_w": round(reading.total_power_w, 1),
-            "energy_wh": round(reading.energy_import_wh, 1),
-            "current_a": [None if v is None else round(v, 2) for v in reading.current_a],
-            "voltage_v": [None if v is None else round(v, 1) for v in reading.voltage_v],
-        }
+        status["meter"] = (
+            None
+            if reading is None
+            else {
+                "power_w": round(reading.total_power_w, 1),
+                "energy_wh": round(reading.energy_import_wh, 1),
+                "current_a": [None if v is None else round(v, 2) for v in reading.current_a],
+                "voltage_v": [None if v is None else round(v, 1) for v in reading.voltage_v],
+            }
+        )
         status["transaction"] = self.sessions.transaction_status()
         status["ocpp"] = {"enabled": False, "connected": False, "queued": 0}
         status["auth_mode"] = self.settings.auth.mode
@@ -221,8 +225,11 @@ class ChargePointApp:
         if self.sim is not None:
             tasks.append(asyncio.create_task(self._tick_sim(), name="sim"))
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        log.info("charge point %s running (%s hardware)", self.settings.charger.id,
-                 "simulated" if self.sim is not None else "real")
+        log.info(
+            "charge point %s running (%s hardware)",
+            self.settings.charger.id,
+            "simulated" if self.sim is not None else "real",
+        )
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:

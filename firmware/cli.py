@@ -244,9 +244,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     settings, _ = _settings_or_defaults(args.config)
     log_dir = Path(settings.store.dir)
     if not args.follow and not logs.log_files(log_dir):
-        raise CliError(
-            1, f"evse logs: no log files in {log_dir} (the daemon writes {logs.LOG_FILE_NAME} there)"
-        )
+        raise CliError(1, f"evse logs: no log files in {log_dir} (the daemon writes {logs.LOG_FILE_NAME} there)")
     lines = logs.follow_logs(log_dir, since) if args.follow else logs.read_logs(log_dir, since)
     try:
         for line in lines:
@@ -309,8 +307,7 @@ def format_status(status: Mapping[str, Any]) -> list[str]:
         ("limit", f"{_num(limit.get('value_a'), '.1f', 'A')} by {_text(limit.get('winner'), 'nobody')}"),
         (
             "meter",
-            f"{_num(meter.get('power_w'), '.0f', 'W')}, "
-            f"{_num(_kwh(meter.get('energy_wh')), '.3f', 'kWh')} register",
+            f"{_num(meter.get('power_w'), '.0f', 'W')}, {_num(_kwh(meter.get('energy_wh')), '.3f', 'kWh')} register",
         ),
         ("  current", _triple(meter.get("current_a"), ".1f", "A")),
         ("  voltage", _triple(meter.get("voltage_v"), ".1f", "V")),
@@ -404,14 +401,10 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return (
-            repr(value)
-            if math.isfinite(value)
-            else ("nan" if math.isnan(value) else f"{'-' if value < 0 else ''}inf")
+            repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else f"{'-' if value < 0 else ''}inf")
         )
     if isinstance(value, Mapping):
-        inner = ", ".join(
-            f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None
-        )
+        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None)
         return "{ " + inner + " }" if inner else "{}"
     if isinstance(value, list | tuple | set | frozenset):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
@@ -500,9 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("uid", type=_card_uid, metavar="UID", help="card UID in hex, e.g. 04A32BC1")
     ev = sim_sub.add_parser("ev", help="change the simulated EV", parents=daemon)
     ev_sub = ev.add_subparsers(dest="ev_command", metavar="ACTION", required=True)
-    p = leaf(
-        ev_sub, "max-current", _sim("ev.max_current", lambda a: a.amps), "EV's own current limit", daemon
-    )
+    p = leaf(ev_sub, "max-current", _sim("ev.max_current", lambda a: a.amps), "EV's own current limit", daemon)
     p.add_argument("amps", type=_amps, metavar="A")
     p = leaf(ev_sub, "soc", _sim("ev.soc", lambda a: a.percent), "battery state of charge", daemon)
     p.add_argument("percent", type=_percent, metavar="PERCENT")

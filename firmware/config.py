@@ -447,9 +447,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     try:
         data = tomllib.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [f"config: {shown}: invalid TOML: not UTF-8 (at byte {exc.start})"], shown
-        ) from None
+        raise ConfigError([f"config: {shown}: invalid TOML: not UTF-8 (at byte {exc.start})"], shown) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"config: {shown}: invalid TOML: {exc}"], shown) from None
     return parse_settings(data, shown)

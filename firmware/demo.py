@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
-from hal.clock import ScaledClock
 from firmware.app import ChargePointApp, demo_settings
 from firmware.config import ConfigError, Settings, default_settings, find_config, load_settings
+from hal.clock import ScaledClock
 
 DEMO_CARD = "04A1B2C3D4E5F6"
 
@@ -101,8 +101,11 @@ async def run_demo(settings: Settings, speed: float, minutes: float, out: TextIO
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop, serve_api=True))
     soc_start = app.sim.ev.soc_percent
-    print(f"evse demo: charge point {settings.charger.id}, simulated hardware, time x{speed:g}, "
-          f"auth mode {settings.auth.mode}", file=out)
+    print(
+        f"evse demo: charge point {settings.charger.id}, simulated hardware, time x{speed:g}, "
+        f"auth mode {settings.auth.mode}",
+        file=out,
+    )
     try:
         pending = script(minutes, card)
         last_print = -1e9
@@ -143,7 +146,10 @@ def _summary(app: ChargePointApp, soc_start: float, out: TextIO) -> int:
     print("Session summary", file=out)
     print(f"  id tag            {record.id_tag}", file=out)
     print(f"  duration          {_hms(duration)}", file=out)
-    print(f"  meter start/stop  {record.meter_start_wh or 0:.1f} Wh / {record.meter_stop_wh or 0:.1f} Wh", file=out)
+    print(
+        f"  meter start/stop  {record.meter_start_wh or 0:.1f} Wh / {record.meter_stop_wh or 0:.1f} Wh",
+        file=out,
+    )
     print(f"  energy delivered  {0 if energy is None else energy / 1000:.3f} kWh", file=out)
     print(f"  highest current   {record.max_current_a:.1f} A", file=out)
     print(f"  EV state of charge {soc_start:.1f} % -> {app.sim.ev.soc_percent:.1f} %", file=out)

@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from hal.clock import Clock
-from hal.interfaces import CardReader, CardTap, DeviceError, IndicatorPattern, MeterReading
 from firmware.auth import AuthDecision, Authorizer, id_tag_from_uid
 from firmware.charging.connector import (
     ConnectorEvent,
@@ -28,6 +26,8 @@ from firmware.charging.connector import (
 )
 from firmware.charging.controller import ChargingController
 from firmware.metering import MeterSampler
+from hal.clock import Clock
+from hal.interfaces import CardReader, CardTap, DeviceError, IndicatorPattern, MeterReading
 
 log = logging.getLogger("firmware.session")
 
@@ -118,9 +118,7 @@ class SessionManager:
             self.controller.flash(IndicatorPattern.AUTHORIZED)
             self.controller.wake()
         elif decision.accepted:
-            log.warning(
-                "%s %s accepted but connector is %s: not started", via, id_tag, connector.status.value
-            )
+            log.warning("%s %s accepted but connector is %s: not started", via, id_tag, connector.status.value)
             self.controller.flash(IndicatorPattern.REJECTED)
         else:
             self.controller.flash(IndicatorPattern.REJECTED)
@@ -135,9 +133,7 @@ class SessionManager:
             return None
         return await self.present_id_tag(id_tag, "card")
 
-    async def run_reader(
-        self, reader: CardReader, *, retry_s: float = 1.0, max_retry_s: float = 30.0
-    ) -> None:
+    async def run_reader(self, reader: CardReader, *, retry_s: float = 1.0, max_retry_s: float = 30.0) -> None:
         """Consume taps forever; a failing reader raises the "reader" fault and is retried."""
         delay = retry_s
         while True:

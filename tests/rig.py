@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from firmware.charging.connector import ConnectorEvent, SessionStopped, Status
+from firmware.charging.controller import ChargingController, ControllerSettings
+from firmware.limits.arbiter import Arbiter
 from hal.clock import FakeClock
 from hal.iec61851 import current_for_duty
 from hal.interfaces import PilotConstant
 from hal.sim import EVParams, SimBench
-from firmware.charging.connector import ConnectorEvent, SessionStopped, Status
-from firmware.charging.controller import ChargingController, ControllerSettings
-from firmware.limits.arbiter import Arbiter
 
 
 class Rig:

@@ -191,8 +191,7 @@ class Conn:
             b"{nope\n",
             {
                 "ok": False,
-                "error": "bad request: invalid JSON (Expecting property name enclosed in "
-                "double quotes at column 2)",
+                "error": "bad request: invalid JSON (Expecting property name enclosed in double quotes at column 2)",
             },
         ),
         (b"\xff\xfe\n", {"ok": False, "error": "bad request: not UTF-8"}),
@@ -204,8 +203,7 @@ class Conn:
             b'{"cmd": "fly"}\n',
             {
                 "ok": False,
-                "error": "unknown command 'fly' "
-                "(known: boom, echo, limits, refuse, sim, status, unsendable, when)",
+                "error": "unknown command 'fly' (known: boom, echo, limits, refuse, sim, status, unsendable, when)",
             },
         ),
         (b'{"cmd": "refuse"}\n', {"ok": False, "error": "no simulated hardware"}),
@@ -384,9 +382,7 @@ async def test_status_json_is_the_daemons_result(daemon: Daemon, capsys: pytest.
     assert json.loads(capsys.readouterr().out) == STATUS
 
 
-async def test_status_tolerates_missing_and_null_fields(
-    daemon: Daemon, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_status_tolerates_missing_and_null_fields(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     daemon.status = {"state": "F", "limit": None, "meter": {"power_w": None}, "faults": ["rcd", "weld"]}
     assert await evse("status", "--socket", daemon.path) == 0
     out = capsys.readouterr().out
@@ -451,9 +447,7 @@ async def test_sim_prints_returned_text(daemon: Daemon, capsys: pytest.CaptureFi
     assert capsys.readouterr().out == "EV plugged in (cable 32 A)\n"
 
 
-async def test_sim_refusal_goes_to_stderr_with_exit_1(
-    daemon: Daemon, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_sim_refusal_goes_to_stderr_with_exit_1(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     daemon.sim_refuses = True
     assert await evse("sim", "plug", "--socket", daemon.path) == 1
     captured = capsys.readouterr()
@@ -485,9 +479,7 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert cli.main([*argv, "--socket", "/tmp/unused.sock"] if argv else []) == 2
 
 
-def test_daemon_not_running_exits_1_naming_the_socket(
-    sock_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_daemon_not_running_exits_1_naming_the_socket(sock_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(sock_dir / "control.sock")
     assert cli.main(["status", "--socket", path]) == 1
     err = capsys.readouterr().err
@@ -500,9 +492,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("evse ") and out.strip() != "evse"
 
 
-@pytest.mark.parametrize(
-    ("argv", "name"), [(["sessions", "--csv"], "sessions"), (["hal", "check"], "hal check")]
-)
+@pytest.mark.parametrize(("argv", "name"), [(["sessions", "--csv"], "sessions"), (["hal", "check"], "hal check")])
 def test_later_commands_say_so(argv: list[str], name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 1
     captured = capsys.readouterr()
@@ -572,9 +562,7 @@ def test_config_check_missing_named_file(tmp_path: Path, capsys: pytest.CaptureF
 def test_config_show_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "secret.toml"
     secret = "s3cr3t-password-123"
-    cfg.write_text(
-        f'[ocpp]\nurl = "ws://csms.example/ocpp"\nsecurity_profile = 1\nauthorization_key = "{secret}"\n'
-    )
+    cfg.write_text(f'[ocpp]\nurl = "ws://csms.example/ocpp"\nsecurity_profile = 1\nauthorization_key = "{secret}"\n')
     assert cli.main(["config", "show", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert secret not in out
@@ -583,9 +571,7 @@ def test_config_show_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "\n[control]\nsocket = " in out
 
 
-def test_config_show_without_a_file_shows_defaults(
-    no_config: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_config_show_without_a_file_shows_defaults(no_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["config", "show"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# no configuration file found: built-in defaults")
@@ -598,14 +584,10 @@ def test_no_config_file_is_a_configuration_error(
 ) -> None:
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(
-        "config: no configuration file found (looked in: ./config.toml, /etc/evse/config.toml"
-    )
+    assert err.startswith("config: no configuration file found (looked in: ./config.toml, /etc/evse/config.toml")
 
 
-def test_without_config_status_uses_the_default_socket(
-    no_config: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_without_config_status_uses_the_default_socket(no_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from firmware.config import default_settings
 
     assert cli.main(["status"]) == 1

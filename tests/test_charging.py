@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from rig import Rig
 
+from firmware.charging.connector import Status, StatusChanged, StopReason
 from hal.interfaces import PilotConstant
 from hal.sim import EVParams
-from firmware.charging.connector import StatusChanged, Status, StopReason
 
 pytestmark = pytest.mark.asyncio
 

@@ -155,9 +155,7 @@ def test_sections_and_lists() -> None:
     )
     assert s.auth == AuthSettings(mode="free", allowlist=("04A2B3C4", "deadbeef"))
     assert s.grid_meter == MeterSettings(address=2)
-    assert s.ocpp == OcppSettings(
-        url="wss://csms.example.com/ocpp", security_profile=2, authorization_key=KEY
-    )
+    assert s.ocpp == OcppSettings(url="wss://csms.example.com/ocpp", security_profile=2, authorization_key=KEY)
     assert parse_settings({"grid_meter": {}}).grid_meter == MeterSettings()
 
 
@@ -417,8 +415,7 @@ def test_config_error_message_and_source(tmp_path: Path) -> None:
         load_settings(path)
     assert info.value.source == str(path)
     assert (
-        str(info.value)
-        == 'charger.phases: 2 is not one of 1, 3\nhal.backend: "pi" is not one of "auto", "sim", "rpi"'
+        str(info.value) == 'charger.phases: 2 is not one of 1, 3\nhal.backend: "pi" is not one of "auto", "sim", "rpi"'
     )
 
 
@@ -557,9 +554,7 @@ def fits(default: Any, value: Any) -> bool:
 
 @settings(max_examples=300)
 @given(st.sampled_from(list(iter_keys())), SCALARS, st.data())
-def test_wrong_type_names_the_key(
-    key: tuple[str, str, Any, str, str], value: Any, data: st.DataObject
-) -> None:
+def test_wrong_type_names_the_key(key: tuple[str, str, Any, str, str], value: Any, data: st.DataObject) -> None:
     section, name, default, _unit, _doc = key
     if isinstance(default, tuple) and isinstance(value, list):
         value = [*value, data.draw(st.integers())]  # a list with at least one non-string item
@@ -579,18 +574,12 @@ TOML_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=12,
 )
-SECTION_NAMES = st.sampled_from([f.name for f in dataclasses.fields(Settings)]) | st.text(
-    min_size=1, max_size=8
-)
+SECTION_NAMES = st.sampled_from([f.name for f in dataclasses.fields(Settings)]) | st.text(min_size=1, max_size=8)
 KEY_NAMES = st.sampled_from(sorted({k for _, k, *_ in iter_keys()})) | st.text(min_size=1, max_size=8)
 
 
 @settings(max_examples=300)
-@given(
-    st.dictionaries(
-        SECTION_NAMES, st.dictionaries(KEY_NAMES, TOML_VALUES, max_size=4) | TOML_VALUES, max_size=4
-    )
-)
+@given(st.dictionaries(SECTION_NAMES, st.dictionaries(KEY_NAMES, TOML_VALUES, max_size=4) | TOML_VALUES, max_size=4))
 def test_any_document_gives_settings_or_config_error(data: dict[str, Any]) -> None:
     try:
         parsed = parse_settings(data)

@@ -18,9 +18,7 @@ from hypothesis import strategies as st
 from firmware import cli, logs
 from firmware.logs import LOG_FILE_NAME, follow_logs, log_files, parse_since, read_logs, setup_logging
 
-FILE_LINE = re.compile(
-    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: "
-)
+FILE_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CET = "CET-1CEST,M3.5.0,M10.5.0/3"  # a POSIX TZ rule: no tz database needed
 
@@ -151,9 +149,7 @@ def test_rotation_and_reading_back_oldest_first(tmp_path: Path) -> None:
 
 def test_backups_beyond_nine_sort_numerically(tmp_path: Path) -> None:
     for n in range(12, 0, -1):
-        (tmp_path / f"{LOG_FILE_NAME}.{n}").write_text(
-            _record_line(NOW + timedelta(minutes=12 - n), f"m{n}") + "\n"
-        )
+        (tmp_path / f"{LOG_FILE_NAME}.{n}").write_text(_record_line(NOW + timedelta(minutes=12 - n), f"m{n}") + "\n")
     (tmp_path / LOG_FILE_NAME).write_text(_record_line(NOW + timedelta(minutes=12), "current") + "\n")
     (tmp_path / f"{LOG_FILE_NAME}.old").write_text("ignored\n")
     assert _messages(list(read_logs(tmp_path))) == [*(f"m{n}" for n in range(12, 0, -1)), "current"]
@@ -355,9 +351,7 @@ def test_evse_logs_prints_and_filters(store: tuple[Path, Path], capsys: pytest.C
     assert _messages(capsys.readouterr().out.splitlines()) == ["new"]
 
 
-def test_evse_logs_bad_since_is_a_usage_error(
-    store: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_evse_logs_bad_since_is_a_usage_error(store: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     cfg, _ = store
     assert cli.main(["logs", "--since", "next week", "--config", str(cfg)]) == 2
     assert "invalid time 'next week'" in capsys.readouterr().err

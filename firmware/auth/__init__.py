@@ -65,9 +65,7 @@ def id_tag_from_uid(
 ) -> str:
     """OCPP 1.6 §3.9: hex of the UID bytes, byte 0 first (or reversed for readers that report LSB first)."""
     if not 1 <= len(uid) <= 10:
-        raise ValueError(
-            f"card UID of {len(uid)} bytes: expected 1..10 (an idTag holds at most 20 hex digits)"
-        )
+        raise ValueError(f"card UID of {len(uid)} bytes: expected 1..10 (an idTag holds at most 20 hex digits)")
     data = uid if byte_order == "forward" else uid[::-1]
     text = data.hex()
     return text.upper() if case == "upper" else text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -103,9 +104,9 @@ class ConnectorInputs:
 
 
 def _rule(
-    source: Status | list[Status], dest: Status, conditions: str | list[str] | None = None, **kw: Any
+    source: Status | Sequence[Status], dest: Status, conditions: str | list[str] | None = None, **kw: Any
 ) -> dict[str, Any]:
-    src = [s.value for s in source] if isinstance(source, list) else source.value
+    src = source.value if isinstance(source, Status) else [s.value for s in source]
     rule: dict[str, Any] = {"trigger": "evaluate", "source": src, "dest": dest.value, **kw}
     if conditions:
         rule["conditions"] = conditions

@@ -15,9 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from hal.clock import Clock
-from hal.iec61851 import cable_ampacity, duty_for_current
-from hal.interfaces import Hardware, IndicatorPattern, PilotConstant
 from firmware.charging.connector import (
     SESSION_STATES,
     Connector,
@@ -36,6 +33,9 @@ from firmware.charging.safety import (
     quantise_current,
 )
 from firmware.limits.arbiter import Arbiter
+from hal.clock import Clock
+from hal.iec61851 import cable_ampacity, duty_for_current
+from hal.interfaces import Hardware, IndicatorPattern, PilotConstant
 
 log = logging.getLogger("firmware.charging")
 
@@ -74,9 +74,7 @@ class ControllerSettings:
 
 
 class ChargingController:
-    def __init__(
-        self, hardware: Hardware, arbiter: Arbiter, clock: Clock, settings: ControllerSettings
-    ) -> None:
+    def __init__(self, hardware: Hardware, arbiter: Arbiter, clock: Clock, settings: ControllerSettings) -> None:
         self.hw = hardware
         self.arbiter = arbiter
         self.clock = clock
@@ -238,9 +236,7 @@ class ChargingController:
         self.faults = new
 
     def _apply_outputs(self, status: Status, limit: float, trip: frozenset[str], now: float) -> None:
-        wanted = (
-            limit if status in (Status.CHARGING, Status.SUSPENDED_EV) and self.connector.authorized else 0.0
-        )
+        wanted = limit if status in (Status.CHARGING, Status.SUSPENDED_EV) and self.connector.authorized else 0.0
         offered = self.governor.apply(wanted, now)
         if offered != self.offered_a:
             log.info("offered current %.1f A -> %.1f A", self.offered_a, offered)
@@ -291,9 +287,7 @@ class ChargingController:
         if pilot[0] == "pwm":
             self.hw.pilot.set_duty(pilot[1])
         else:
-            self.hw.pilot.set_constant(
-                PilotConstant.PLUS_12V if pilot == PLUS_12V else PilotConstant.MINUS_12V
-            )
+            self.hw.pilot.set_constant(PilotConstant.PLUS_12V if pilot == PLUS_12V else PilotConstant.MINUS_12V)
         log.debug("pilot output %s", pilot)
         self.pilot_output = pilot
 

@@ -96,7 +96,5 @@ class Arbiter:
                 }
             )
         w = decision.winner
-        winner = (
-            None if w is None else {"source": w.source, "value_a": round(w.current_a, 2), "reason": w.reason}
-        )
+        winner = None if w is None else {"source": w.source, "value_a": round(w.current_a, 2), "reason": w.reason}
         return {"winner": winner, "claims": rows}

@@ -200,9 +200,7 @@ class SimulatedEV:
         self._diode_ok = ok
 
     # -- the model --------------------------------------------------------------------------
-    def update(
-        self, now: float, duty_percent: float | None, contactor_closed: bool, voltage_v: float
-    ) -> None:
+    def update(self, now: float, duty_percent: float | None, contactor_closed: bool, voltage_v: float) -> None:
         """Advance to ``now`` with the given inputs (held since the previous update).
 
         ``duty_percent`` None means no PWM (constant +12 V or -12 V). Long steps are integrated
