@@ -107,7 +107,7 @@ class ChargePointApp:
         *,
         clock: Clock | None = None,
         hardware: Hardware | None = None,
-        sim_tick_s: float = 0.05,
+        sim_tick_s: float = 0.1,
         meter_interval_s: float = 1.0,
     ) -> None:
         self.settings = settings
@@ -122,6 +122,8 @@ class ChargePointApp:
             lambda active: self.controller.set_device_fault("meter", active),
             interval_s=meter_interval_s,
             on_reading=lambda reading: self.sessions.note_reading(reading),
+            idle_interval_s=max(meter_interval_s, 5.0),
+            is_idle=lambda: self.controller.idle,
         )
         self.sessions = SessionManager(
             self.controller,
@@ -207,9 +209,10 @@ class ChargePointApp:
 
     # ---- running ------------------------------------------------------------------------
     async def _tick_sim(self) -> None:
+        """Move the simulated EV along; an unplugged EV does nothing by itself, so tick rarely then."""
         while True:
             self.sim.tick()
-            await asyncio.sleep(self.sim_tick_s)
+            await asyncio.sleep(self.sim_tick_s if self.sim.ev.plugged else max(self.sim_tick_s, 1.0))
 
     async def run(self, stop: asyncio.Event, *, serve_api: bool = True) -> None:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""

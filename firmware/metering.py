@@ -26,12 +26,16 @@ class MeterSampler:
         interval_s: float = 1.0,
         failures_to_fault: int = 3,
         on_reading: Callable[[MeterReading], None] | None = None,
+        idle_interval_s: float | None = None,
+        is_idle: Callable[[], bool] = lambda: False,
     ) -> None:
         self.meter = meter
         self.on_fault = on_fault
         self.interval_s = interval_s
         self.failures_to_fault = failures_to_fault
         self.on_reading = on_reading
+        self.idle_interval_s = idle_interval_s if idle_interval_s is not None else interval_s
+        self.is_idle = is_idle
         self.latest: MeterReading | None = None
         self.failures = 0
         self.faulted = False
@@ -73,4 +77,4 @@ class MeterSampler:
     async def run(self) -> None:
         while True:
             await self.sample()
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(self.idle_interval_s if self.is_idle() else self.interval_s)

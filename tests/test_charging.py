@@ -452,3 +452,29 @@ async def test_control_loop_crash_leaves_contactor_open_and_pilot_f() -> None:
         await asyncio.wait_for(task, 5.0)
     assert not rig.contactor_closed
     assert rig.pilot_constant is MINUS
+
+
+async def test_control_loop_stops_on_cancel_even_if_a_trigger_swallows_it() -> None:
+    """transitions turns a CancelledError inside a trigger into "no transition"; shutdown must still work."""
+    import asyncio
+
+    rig = Rig()
+    task = asyncio.create_task(rig.ctl.run())
+    await asyncio.sleep(0.01)
+    entered = asyncio.Event()
+
+    async def swallowing_step(inputs: object, max_rules: int = 8) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return  # what transitions' AsyncMachine does
+
+    rig.ctl.connector.step = swallowing_step  # type: ignore[method-assign,assignment]
+    rig.ctl.wake()
+    await asyncio.wait_for(entered.wait(), 2.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2.0)
+    assert rig.pilot_constant is MINUS
+    assert not rig.contactor_closed

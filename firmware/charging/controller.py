@@ -70,7 +70,9 @@ class ControllerSettings:
     ventilation_allowed: bool = False
     connection_timeout_s: float = 60.0
     feedback_timeout_s: float = 0.5
-    tick_s: float = 0.1
+    tick_s: float = 0.25
+    #: With no EV, no authorization and no fault nothing is timed: wake less (every input change still wakes).
+    idle_tick_s: float = 1.0
 
 
 class ChargingController:
@@ -132,11 +134,17 @@ class ChargingController:
     async def run(self) -> None:
         """The control loop; on any error or cancellation the charger is left safe (contactor open, F)."""
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         self.enter_safe_state()
         try:
             while True:
                 await self.step()
-                timer = loop.call_later(self.settings.tick_s, self._wake.set)
+                if task is not None and task.cancelling():
+                    # transitions swallows a CancelledError that lands inside a trigger: honour it here.
+                    raise asyncio.CancelledError
+                timer = loop.call_later(
+                    self.settings.idle_tick_s if self.idle else self.settings.tick_s, self._wake.set
+                )
                 await self._wake.wait()
                 timer.cancel()
                 self._wake.clear()
@@ -303,6 +311,17 @@ class ChargingController:
                     log.exception("connector event listener failed on %s", event)
 
     # ---- status ---------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """Nothing timed is pending: no EV, no authorization, no fault, no contactor check running."""
+        return (
+            self.connector.status is Status.AVAILABLE
+            and not self.connector.authorized
+            and not self.faults
+            and self.supervisor.deadline() is None
+            and not self.hw.contactor.commanded
+        )
+
     @property
     def in_session(self) -> bool:
         return self.connector.status in SESSION_STATES

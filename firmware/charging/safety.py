@@ -40,8 +40,6 @@ def contactor_may_close(i: InvariantInputs) -> tuple[bool, str]:
     """
     if i.trip_faults:
         return False, "fault: " + ", ".join(sorted(i.trip_faults))
-    if not i.authorized:
-        return False, "not authorized"
     if i.pilot == "D" and not i.ventilation_allowed:
         return False, "EV requires ventilation, not allowed here"
     if i.pilot not in ("C", "D"):
@@ -50,6 +48,8 @@ def contactor_may_close(i: InvariantInputs) -> tuple[bool, str]:
         return False, "EV diode not verified"
     if not (math.isfinite(i.offered_a) and i.offered_a >= MIN_CURRENT_A):
         return False, f"offered current {i.offered_a:g} A below {MIN_CURRENT_A:g} A"
+    if not i.authorized:
+        return False, "not authorized"
     return True, "ok"
 
 
