@@ -12,17 +12,17 @@ events (the EV's request delay, the 300 ms F hold); the measured path is real ti
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
+import logging
 import statistics
 import time
 from collections.abc import Callable
 
-from hal.clock import ScaledClock
-from hal.sim import EVParams, SimBench
 from firmware.charging.connector import Status
 from firmware.charging.controller import ChargingController, ControllerSettings
 from firmware.limits.arbiter import Arbiter
+from hal.clock import ScaledClock
+from hal.sim import EVParams, SimBench
 
 
 class Recorder:

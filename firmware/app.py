@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
@@ -25,6 +25,9 @@ from firmware.metering import MeterSampler
 from firmware.session import SessionManager
 from hal.clock import Clock, SystemClock
 from hal.interfaces import Hardware
+
+if TYPE_CHECKING:
+    from hal.sim import SimBench
 
 log = logging.getLogger("firmware.app")
 
@@ -109,14 +112,18 @@ class ChargePointApp:
         hardware: Hardware | None = None,
         sim_tick_s: float = 0.1,
         meter_interval_s: float = 1.0,
+        control_tick_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.hardware = hardware or build_hardware(settings, self.clock)
-        self.sim: Any = self.hardware.extras.get("sim")
+        self.sim = cast("SimBench | None", self.hardware.extras.get("sim"))
         self.sim_tick_s = sim_tick_s
         self.arbiter = Arbiter()
-        self.controller = ChargingController(self.hardware, self.arbiter, self.clock, controller_settings(settings))
+        control = controller_settings(settings)
+        if control_tick_s is not None:
+            control = replace(control, tick_s=control_tick_s, idle_tick_s=max(control_tick_s, 0.05))
+        self.controller = ChargingController(self.hardware, self.arbiter, self.clock, control)
         self.sampler = MeterSampler(
             self.hardware.meter,
             lambda active: self.controller.set_device_fault("meter", active),
@@ -125,6 +132,10 @@ class ChargePointApp:
             idle_interval_s=max(meter_interval_s, 5.0),
             is_idle=lambda: self.controller.idle,
         )
+        self.controller.add_listener(lambda _event: self.sampler.wake())
+        self._sim_changed = asyncio.Event()
+        if self.sim is not None:
+            self.sim.subscribe(self._sim_changed.set)
         self.sessions = SessionManager(
             self.controller,
             build_authorizer(settings),
@@ -208,11 +219,14 @@ class ChargePointApp:
         return "ok"
 
     # ---- running ------------------------------------------------------------------------
-    async def _tick_sim(self) -> None:
+    async def _tick_sim(self, bench: SimBench) -> None:
         """Move the simulated EV along; an unplugged EV does nothing by itself, so tick rarely then."""
         while True:
-            self.sim.tick()
-            await asyncio.sleep(self.sim_tick_s if self.sim.ev.plugged else max(self.sim_tick_s, 1.0))
+            bench.tick()
+            self._sim_changed.clear()
+            interval = self.sim_tick_s if bench.ev.plugged else max(self.sim_tick_s, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sim_changed.wait(), interval)
 
     async def run(self, stop: asyncio.Event, *, serve_api: bool = True) -> None:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""
@@ -226,7 +240,7 @@ class ChargePointApp:
             asyncio.create_task(self.sessions.run_reader(self.hardware.reader), name="card-reader"),
         ]
         if self.sim is not None:
-            tasks.append(asyncio.create_task(self._tick_sim(), name="sim"))
+            tasks.append(asyncio.create_task(self._tick_sim(self.sim), name="sim"))
         stopper = asyncio.create_task(stop.wait(), name="stop")
         log.info(
             "charge point %s running (%s hardware)",

@@ -61,11 +61,11 @@ def _version() -> str:
 
 
 def _card_uid(text: str) -> str:
-    """A card UID as an even number of hex digits, 2 to 20 bytes; ``04:A3:2B:C1`` style separators allowed."""
+    """A card UID as hex, 1 to 10 bytes (an idTag holds 20 hex digits); ``04:A3:2B:C1`` separators allowed."""
     compact = text.replace(":", "").replace("-", "").strip()
-    if not re.fullmatch(r"(?:[0-9A-Fa-f]{2}){2,20}", compact):
+    if not re.fullmatch(r"(?:[0-9A-Fa-f]{2}){1,10}", compact):
         raise argparse.ArgumentTypeError(
-            f"invalid card UID {text!r}: expected an even number of hex digits, 2 to 20 bytes (e.g. 04A32BC1)"
+            f"invalid card UID {text!r}: expected an even number of hex digits, 1 to 10 bytes (e.g. 04A32BC1)"
         )
     return compact.upper()
 
@@ -183,7 +183,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     explicit = args.path or args.config
-    _, path = _require_config(explicit)
+    settings, path = _require_config(explicit)
+    from firmware import app
+
+    problems = app.unsupported(settings)
+    if problems:
+        raise CliError(2, *problems)
     print(f"ok: {path}")
     return 0
 

@@ -20,8 +20,15 @@ from typing import TextIO
 from firmware.app import ChargePointApp, demo_settings
 from firmware.config import ConfigError, Settings, default_settings, find_config, load_settings
 from hal.clock import ScaledClock
+from hal.sim import SimBench
 
 DEMO_CARD = "04A1B2C3D4E5F6"
+
+
+def bench(app: ChargePointApp) -> SimBench:
+    if app.sim is None:
+        raise RuntimeError("the demo needs simulated hardware")
+    return app.sim
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ def script(minutes: float, card: str | None) -> list[Step]:
 
     def tap(app: ChargePointApp) -> None:
         assert card is not None
-        app.sim.tap(bytes.fromhex(card))
+        bench(app).tap(bytes.fromhex(card))
 
     def cap(app: ChargePointApp) -> None:
         app.arbiter.submit("manual", 16.0, app.clock.monotonic(), reason="demo: the site asks for 16 A")
@@ -44,7 +51,7 @@ def script(minutes: float, card: str | None) -> list[Step]:
     def uncap(app: ChargePointApp) -> None:
         app.arbiter.withdraw("manual")
 
-    steps = [Step(5.0, "driver plugs the EV in", lambda app: app.sim.plug())]
+    steps = [Step(5.0, "driver plugs the EV in", lambda app: bench(app).plug())]
     if card is not None:
         steps.append(Step(20.0, f"driver taps card {card}", tap))
     steps += [
@@ -53,17 +60,17 @@ def script(minutes: float, card: str | None) -> list[Step]:
     ]
     if card is not None:
         steps.append(Step(end, f"driver taps card {card} again to stop", tap))
-    steps.append(Step(end + 30.0, "driver unplugs the EV", lambda app: app.sim.unplug()))
+    steps.append(Step(end + 30.0, "driver unplugs the EV", lambda app: bench(app).unplug()))
     return steps
 
 
 class _SimTimeFormatter(logging.Formatter):
-    def __init__(self, clock: ScaledClock, t0: float) -> None:
+    def __init__(self, clock: ScaledClock, t0: float, erase: str) -> None:
         super().__init__()
-        self.clock, self.t0 = clock, t0
+        self.clock, self.t0, self.erase = clock, t0, erase
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"\r\x1b[K[{_hms(self.clock.monotonic() - self.t0)}] {record.getMessage()}"
+        return f"{self.erase}[{_hms(self.clock.monotonic() - self.t0)}] {record.getMessage()}"
 
 
 def _hms(seconds: float) -> str:
@@ -88,19 +95,20 @@ def _live_line(app: ChargePointApp, elapsed: float) -> str:
 async def run_demo(settings: Settings, speed: float, minutes: float, out: TextIO) -> int:
     clock = ScaledClock(speed)
     card = DEMO_CARD if settings.auth.mode == "local" else None
-    app = ChargePointApp(settings, clock=clock, sim_tick_s=0.02, meter_interval_s=0.1)
+    app = ChargePointApp(settings, clock=clock, sim_tick_s=0.02, meter_interval_s=0.1, control_tick_s=0.02)
     t0 = clock.monotonic()
+    tty = out.isatty()
+    erase = "\r\x1b[K" if tty else ""  # rewrite the live line on a terminal only
     handler = logging.StreamHandler(out)
-    handler.setFormatter(_SimTimeFormatter(clock, t0))
+    handler.setFormatter(_SimTimeFormatter(clock, t0, erase))
     handler.setLevel(logging.INFO)
     handler.addFilter(lambda r: r.name.startswith("firmware"))
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.addHandler(handler)
-    tty = out.isatty()
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop, serve_api=True))
-    soc_start = app.sim.ev.soc_percent
+    soc_start = bench(app).ev.soc_percent
     print(
         f"evse demo: charge point {settings.charger.id}, simulated hardware, time x{speed:g}, "
         f"auth mode {settings.auth.mode}",
@@ -116,10 +124,10 @@ async def run_demo(settings: Settings, speed: float, minutes: float, out: TextIO
             elapsed = clock.monotonic() - t0
             while pending and elapsed >= pending[0].at_s:
                 step = pending.pop(0)
-                print(f"\r\x1b[K[{_hms(elapsed)}] >>> {step.caption}", file=out)
+                print(f"{erase}[{_hms(elapsed)}] >>> {step.caption}", file=out)
                 step.action(app)
             if tty:
-                print("\r\x1b[K" + _live_line(app, elapsed), end="", file=out, flush=True)
+                print(erase + _live_line(app, elapsed), end="", file=out, flush=True)
             elif elapsed - last_print >= 120:
                 print(_live_line(app, elapsed), file=out)
                 last_print = elapsed
@@ -132,11 +140,11 @@ async def run_demo(settings: Settings, speed: float, minutes: float, out: TextIO
         stop.set()
         await runner
         logging.getLogger().removeHandler(handler)
-    return _summary(app, soc_start, out)
+    return _summary(app, soc_start, out, erase)
 
 
-def _summary(app: ChargePointApp, soc_start: float, out: TextIO) -> int:
-    print("\r\x1b[K", file=out)
+def _summary(app: ChargePointApp, soc_start: float, out: TextIO, erase: str) -> int:
+    print(erase, file=out)
     if not app.sessions.history:
         print("demo: no session was completed", file=out)
         return 1
@@ -144,16 +152,17 @@ def _summary(app: ChargePointApp, soc_start: float, out: TextIO) -> int:
     energy = record.energy_wh()
     duration = record.duration_s(app.clock.now())
     print("Session summary", file=out)
-    print(f"  id tag            {record.id_tag}", file=out)
-    print(f"  duration          {_hms(duration)}", file=out)
-    print(
-        f"  meter start/stop  {record.meter_start_wh or 0:.1f} Wh / {record.meter_stop_wh or 0:.1f} Wh",
-        file=out,
-    )
-    print(f"  energy delivered  {0 if energy is None else energy / 1000:.3f} kWh", file=out)
-    print(f"  highest current   {record.max_current_a:.1f} A", file=out)
-    print(f"  EV state of charge {soc_start:.1f} % -> {app.sim.ev.soc_percent:.1f} %", file=out)
-    print(f"  stop reason       {record.stop_reason}", file=out)
+    rows = [
+        ("id tag", record.id_tag),
+        ("duration", _hms(duration)),
+        ("meter start/stop", f"{record.meter_start_wh or 0:.1f} Wh / {record.meter_stop_wh or 0:.1f} Wh"),
+        ("energy delivered", f"{0 if energy is None else energy / 1000:.3f} kWh"),
+        ("highest current", f"{record.max_current_a:.1f} A"),
+        ("EV state of charge", f"{soc_start:.1f} % -> {bench(app).ev.soc_percent:.1f} %"),
+        ("stop reason", str(record.stop_reason)),
+    ]
+    for label, value in rows:
+        print(f"  {label:<19} {value}", file=out)
     return 0 if energy else 1
 
 

@@ -7,6 +7,7 @@ for sessions always comes from the meter's import register, never from integrate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ class MeterSampler:
         self.idle_interval_s = idle_interval_s if idle_interval_s is not None else interval_s
         self.is_idle = is_idle
         self.latest: MeterReading | None = None
+        self._wake = asyncio.Event()
         self.failures = 0
         self.faulted = False
 
@@ -74,7 +76,14 @@ class MeterSampler:
             return self.latest.energy_import_wh
         return None if reading is None else reading.energy_import_wh
 
+    def wake(self) -> None:
+        """Read now (a session boundary or a status change makes a fresh reading worth having)."""
+        self._wake.set()
+
     async def run(self) -> None:
         while True:
             await self.sample()
-            await asyncio.sleep(self.idle_interval_s if self.is_idle() else self.interval_s)
+            interval = self.idle_interval_s if self.is_idle() else self.interval_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()

@@ -13,8 +13,6 @@ from firmware.charging.connector import Status, StatusChanged, StopReason
 from hal.interfaces import PilotConstant
 from hal.sim import EVParams
 
-pytestmark = pytest.mark.asyncio
-
 PLUS = PilotConstant.PLUS_12V
 MINUS = PilotConstant.MINUS_12V
 

@@ -299,7 +299,9 @@ class SimulatedEV:
             if self._soc >= start:
                 dt = min(dt, TAPER_STEP_S)
             threshold = start if self._soc < start else FULL_SOC
-            dt = min(dt, max(_MIN_STEP_S, (threshold - self._soc) / (max(i0, target) * soc_per_as)))
+            rate = max(i0, target) * soc_per_as  # may underflow to 0 for a vanishing current
+            if rate > 0:
+                dt = min(dt, max(_MIN_STEP_S, (threshold - self._soc) / rate))
         amp_seconds, i1 = self._ramp(i0, target, dt)
         energy_wh = voltage_v * amp_seconds * phases / 3600.0
         self._energy_wh += energy_wh
