@@ -318,7 +318,9 @@ def format_status(status: Mapping[str, Any]) -> list[str]:
         ("  voltage", _triple(meter.get("voltage_v"), ".1f", "V")),
         ("transaction", _format_transaction(status.get("transaction"))),
     ]
-    if ocpp:
+    if ocpp and ocpp.get("enabled") is False:
+        rows.append(("ocpp", "off (no CSMS connection in this build)"))
+    elif ocpp:
         connected = ocpp.get("connected")
         link = "connected" if connected else "disconnected" if connected is not None else "unknown"
         rows.append(("ocpp", f"{link}, {_num(ocpp.get('queued'), 'd')} queued"))

@@ -52,8 +52,11 @@ class Arbiter:
             raise ValueError(f"limit claim from {source}: {current_a!r} A is not a current")
         expires = None if ttl_s is None else now + ttl_s
         old = self._claims.get(source)
-        self._claims[source] = Claim(source, float(current_a), reason, now, phases, expires)
-        if old is None or old.current_a != current_a:
+        same = old is not None and (old.current_a, old.reason, old.phases) == (current_a, reason, phases)
+        # A repeated claim keeps its age: "age" says how long this value has stood.
+        since = old.submitted_at if same and old is not None else now
+        self._claims[source] = Claim(source, float(current_a), reason, since, phases, expires)
+        if not same:
             log.debug("claim %s: %.1f A (%s)", source, current_a, reason or "no reason given")
 
     def withdraw(self, source: str) -> None:
