@@ -476,3 +476,49 @@ async def test_control_loop_stops_on_cancel_even_if_a_trigger_swallows_it() -> N
         await asyncio.wait_for(task, 2.0)
     assert rig.pilot_constant is MINUS
     assert not rig.contactor_closed
+
+
+async def drive_ev_to(rig: Rig, letter: str) -> None:
+    """Put the simulated EV in ``letter`` the way a car does it (plug, S2 switch, ventilation)."""
+    b = rig.bench
+    if letter == "A":
+        b.unplug()
+    else:
+        if not b.ev.plugged:
+            b.plug()
+        b.set_ev_ventilation(letter == "D")
+        b.ev_request(letter in ("C", "D"))
+    await rig.run(2.0)
+    assert b.ev.state == letter
+
+
+#: Pilot letter in an authorized session -> (connector status, contactor closed, PWM offered).
+#: "A" first means authorized and waiting for the EV; "A" last means the EV left and the session ended.
+EXPECTED = {
+    "A-first": (Status.PREPARING, False, False),
+    "A-last": (Status.AVAILABLE, False, False),
+    "B": (Status.SUSPENDED_EV, False, True),
+    "C": (Status.CHARGING, True, True),
+    "D": (Status.CHARGING, True, True),
+}
+
+
+def assert_outputs(rig: Rig, key: str) -> None:
+    status, closed, pwm = EXPECTED[key]
+    assert rig.status is status, key
+    assert rig.contactor_closed is closed, key
+    if pwm:
+        assert rig.duty == pytest.approx(32 / 0.6), key
+    else:
+        assert rig.pilot_constant is PLUS, key
+
+
+@pytest.mark.parametrize(("start", "end"), [(s, e) for s in "ABCD" for e in "ABCD" if s != e])
+async def test_every_pilot_transition_between_a_b_c_d(start: str, end: str) -> None:
+    """Each pair X->Y in an authorized session (ventilation allowed): status, contactor and PWM at both ends."""
+    rig = Rig(ventilation_allowed=True)
+    rig.ctl.connector.authorize("CARD1")
+    await drive_ev_to(rig, start)
+    assert_outputs(rig, "A-first" if start == "A" else start)
+    await drive_ev_to(rig, end)
+    assert_outputs(rig, "A-last" if end == "A" else end)
