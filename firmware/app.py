@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -58,8 +59,6 @@ def unsupported(settings: Settings) -> list[str]:
         errors.append(f'meter.model: the "{settings.meter.model}" Modbus driver is not in this build yet; use "sim"')
     if settings.rfid.reader not in ("auto", "sim", "none") and backend == "sim":
         errors.append(f'rfid.reader: the "{settings.rfid.reader}" driver is not in this build yet; use "sim"')
-    if settings.auth.mode == "ocpp":
-        errors.append('auth.mode: "ocpp" needs the OCPP client, which is not in this build yet; use "local" or "free"')
     return errors
 
 
@@ -113,6 +112,8 @@ class ChargePointApp:
         sim_tick_s: float = 0.1,
         meter_interval_s: float = 1.0,
         control_tick_s: float | None = None,
+        ocpp_response_timeout_s: float = 30.0,
+        ocpp_backoff: Any = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -145,6 +146,28 @@ class ChargePointApp:
             uid_byte_order=cast(Literal["forward", "reverse"], settings.rfid.uid_byte_order),
             uid_case=cast(Literal["upper", "lower"], settings.rfid.uid_case),
         )
+        self.restart_requested: str | None = None
+        self._stop: asyncio.Event | None = None
+        self.ocpp: Any = None
+        if settings.ocpp.url:
+            from firmware.ocpp.v16 import assembly
+            from firmware.store import Store
+
+            store = Store(Path(settings.store.dir) / "evse.db")
+            self.ocpp = assembly.build(
+                settings,
+                store,
+                self.clock,
+                self.controller,
+                self.sessions,
+                self.sampler,
+                firmware_version=_version(),
+                restart=self.request_restart,
+                response_timeout_s=ocpp_response_timeout_s,
+                backoff=ocpp_backoff,
+            )
+            if settings.auth.mode == "ocpp":
+                self.sessions.authorizer = self.ocpp.authorizer
 
     # ---- status API --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -168,7 +191,9 @@ class ChargePointApp:
             }
         )
         status["transaction"] = self.sessions.transaction_status()
-        status["ocpp"] = {"enabled": False, "connected": False, "queued": 0}
+        status["ocpp"] = (
+            self.ocpp.service.status() if self.ocpp is not None else {"enabled": False, "connected": False, "queued": 0}
+        )
         status["auth_mode"] = self.settings.auth.mode
         if self.sim is not None:
             status["sim"] = self.sim.snapshot()
@@ -218,6 +243,12 @@ class ChargePointApp:
         self.controller.wake()
         return "ok"
 
+    def request_restart(self, kind: str) -> None:
+        """A Reset from the CSMS: stop everything cleanly; the caller restarts the process."""
+        self.restart_requested = kind
+        if self._stop is not None:
+            self._stop.set()
+
     # ---- running ------------------------------------------------------------------------
     async def _tick_sim(self, bench: SimBench) -> None:
         """Move the simulated EV along; an unplugged EV does nothing by itself, so tick rarely then."""
@@ -241,6 +272,10 @@ class ChargePointApp:
         ]
         if self.sim is not None:
             tasks.append(asyncio.create_task(self._tick_sim(self.sim), name="sim"))
+        if self.ocpp is not None:
+            tasks.append(asyncio.create_task(self.ocpp.service.run(), name="ocpp"))
+            tasks.append(asyncio.create_task(self.ocpp.service.run_sampling(), name="ocpp-meter-values"))
+        self._stop = stop
         stopper = asyncio.create_task(stop.wait(), name="stop")
         log.info(
             "charge point %s running (%s hardware)",
@@ -261,6 +296,8 @@ class ChargePointApp:
             self.controller.enter_safe_state()
             if server is not None:
                 await server.close()
+            if self.ocpp is not None:
+                self.ocpp.store.close()
             log.info("charge point %s stopped; contactor open", self.settings.charger.id)
 
 
@@ -291,7 +328,19 @@ async def run(settings: Settings, config_path: str | Path | None = None) -> int:
     except Exception:
         log.critical("charge point stopped on an error", exc_info=True)
         return 1
+    if app.restart_requested is not None:
+        log.warning("restarting after a %s reset", app.restart_requested)
+        os.execv(sys.executable, [sys.executable, "-m", "firmware", *sys.argv[1:]])
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pievse")
+    except PackageNotFoundError:
+        return "0.1.0+dev"
 
 
 def demo_settings(settings: Settings, work_dir: Path) -> Settings:

@@ -17,14 +17,13 @@ from typing import Any, Literal
 
 from firmware.auth import AuthDecision, Authorizer, id_tag_from_uid
 from firmware.charging.connector import (
-    ConnectorEvent,
     SessionStarted,
     SessionStopped,
     Status,
     StatusChanged,
     StopReason,
 )
-from firmware.charging.controller import ChargingController
+from firmware.charging.controller import ChargingController, ControllerEvent
 from firmware.metering import MeterSampler
 from hal.clock import Clock
 from hal.interfaces import CardReader, CardTap, DeviceError, IndicatorPattern, MeterReading
@@ -42,6 +41,8 @@ class SessionRecord:
     meter_stop_wh: float | None = None
     stop_reason: str | None = None
     max_current_a: float = 0.0
+    #: The durable transaction this session is recorded as (set by the OCPP layer when present).
+    transaction_ref: int | None = None
 
     def energy_wh(self, register_wh: float | None = None) -> float | None:
         end = self.meter_stop_wh if self.meter_stop_wh is not None else register_wh
@@ -84,9 +85,13 @@ class SessionManager:
         self.current: SessionRecord | None = None
         self.history: deque[SessionRecord] = deque(maxlen=100)
         self.last_decision: AuthDecision | None = None
-        self._events: asyncio.Queue[ConnectorEvent] = asyncio.Queue()
+        self._events: asyncio.Queue[ControllerEvent] = asyncio.Queue()
         self._finished_listeners: list[Callable[[SessionRecord], None]] = []
+        self._started_listeners: list[Callable[[SessionRecord], None]] = []
         controller.add_listener(self._events.put_nowait)
+
+    def on_session_started(self, listener: Callable[[SessionRecord], None]) -> None:
+        self._started_listeners.append(listener)
 
     def on_session_finished(self, listener: Callable[[SessionRecord], None]) -> None:
         self._finished_listeners.append(listener)
@@ -172,11 +177,13 @@ class SessionManager:
         while not self._events.empty():
             await self.handle_event(self._events.get_nowait())
 
-    async def handle_event(self, event: ConnectorEvent) -> None:
+    async def handle_event(self, event: ControllerEvent) -> None:
         if isinstance(event, SessionStarted):
             register = await self.sampler.register_wh()
             self.current = SessionRecord(event.session, event.id_tag, event.at, register)
             log.info("session %d started for %s, meter %s Wh", event.session, event.id_tag, _wh(register))
+            for listener in self._started_listeners:
+                listener(self.current)
         elif isinstance(event, SessionStopped):
             register = await self.sampler.register_wh()
             record = self.current

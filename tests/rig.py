@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from firmware.charging.connector import ConnectorEvent, SessionStopped, Status
-from firmware.charging.controller import ChargingController, ControllerSettings
+from firmware.charging.connector import SessionStopped, Status
+from firmware.charging.controller import ChargingController, ControllerEvent, ControllerSettings
 from firmware.limits.arbiter import Arbiter
 from hal.clock import FakeClock
 from hal.iec61851 import current_for_duty
@@ -37,7 +37,7 @@ class Rig:
                 feedback_timeout_s=0.5,
             ),
         )
-        self.events: list[ConnectorEvent] = []
+        self.events: list[ControllerEvent] = []
         self.ctl.add_listener(self.events.append)
         self.ctl.enter_safe_state()
 

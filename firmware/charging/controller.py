@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from firmware.charging.connector import (
@@ -57,6 +58,17 @@ _INDICATOR: Final = {
     Status.UNAVAILABLE: IndicatorPattern.UNAVAILABLE,
 }
 
+
+@dataclass(frozen=True, slots=True)
+class FaultsChanged:
+    """The set of active faults changed (also when the connector status did not)."""
+
+    faults: frozenset[str]
+    at: datetime
+
+
+ControllerEvent = ConnectorEvent | FaultsChanged
+
 PilotOutput = tuple[str, float]  # ("pwm", duty) | ("+12V", 100.0) | ("-12V", 0.0)
 PLUS_12V: Final[PilotOutput] = ("+12V", 100.0)
 MINUS_12V: Final[PilotOutput] = ("-12V", 0.0)
@@ -92,8 +104,9 @@ class ChargingController:
         self._latched: set[str] = set()
         self._device_faults: set[str] = set()
         self._faulted_at: float | None = None
-        self._listeners: list[Callable[[ConnectorEvent], None]] = []
+        self._listeners: list[Callable[[ControllerEvent], None]] = []
         self._wake = asyncio.Event()
+        self._fault_events: list[FaultsChanged] = []
         self._flash: tuple[IndicatorPattern, float] | None = None
         self._indicated: IndicatorPattern | None = None
         #: Monotonic time of the last completed step: the watchdog's evidence that the loop lives.
@@ -106,7 +119,7 @@ class ChargingController:
     def wake(self) -> None:
         self._wake.set()
 
-    def add_listener(self, listener: Callable[[ConnectorEvent], None]) -> None:
+    def add_listener(self, listener: Callable[[ControllerEvent], None]) -> None:
         self._listeners.append(listener)
 
     def flash(self, pattern: IndicatorPattern, seconds: float = 2.0) -> None:
@@ -236,6 +249,8 @@ class ChargingController:
 
     def _update_faults(self, active: set[str]) -> None:
         new = frozenset(active)
+        if new != self.faults:
+            self._fault_events.append(FaultsChanged(new, self.clock.now()))
         for kind in sorted(new - self.faults):
             if kind not in self._latched:
                 log.error("fault %s raised", kind)
@@ -300,7 +315,8 @@ class ChargingController:
         self.pilot_output = pilot
 
     def _dispatch_events(self) -> None:
-        events, self.connector.events = self.connector.events, []
+        events: list[ControllerEvent] = [*self._fault_events, *self.connector.events]
+        self._fault_events, self.connector.events = [], []
         for event in events:
             if isinstance(event, StatusChanged):
                 log.info("connector %s -> %s (%s)", event.previous.value, event.status.value, event.reason)

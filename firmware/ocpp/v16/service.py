@@ -1,0 +1,476 @@
+"""The charge point's OCPP 1.6J side: boot, heartbeat, status, transactions, metering, remote control.
+
+Outlives every connection. Transaction-related messages go through the durable outbox (on disk
+before they are sent, delivered in order); status notifications and heartbeats are sent live and
+may overtake the queue (1.6 §3.7). The charging core never waits for any of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import call
+
+from firmware.auth import AuthStatus
+from firmware.auth.ocpp import IdTagInfo, IdTagTable
+from firmware.charging.connector import Status, StatusChanged, StopReason
+from firmware.charging.controller import ChargingController, ControllerEvent, FaultsChanged
+from firmware.metering import MeterSampler
+from firmware.ocpp.connection import OcppConnection
+from firmware.ocpp.outbox import Outbox
+from firmware.ocpp.v16.configuration import Configuration
+from firmware.ocpp.v16.link import CentralSystemLink
+from firmware.ocpp.v16.meter_values import iso, meter_value
+from firmware.session import SessionManager, SessionRecord
+from hal.clock import Clock
+
+log = logging.getLogger("firmware.ocpp")
+
+CONNECTOR: Final = 1
+#: OCPP 1.6 ChargePointErrorCode for each fault, most important first.
+ERROR_CODES: Final = (
+    ("rcd", "GroundFailure"),
+    ("weld", "PowerSwitchFailure"),
+    ("stuck-open", "PowerSwitchFailure"),
+    ("overtemp", "HighTemperature"),
+    ("cp-short", "EVCommunicationError"),
+    ("pilot-fault", "EVCommunicationError"),
+    ("diode", "EVCommunicationError"),
+    ("meter", "PowerMeterFailure"),
+    ("reader", "ReaderFailure"),
+    ("pp-broken", "OtherError"),
+)
+TRIGGERABLE: Final = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues")
+
+
+def error_code(faults: frozenset[str]) -> tuple[str, str | None]:
+    """(errorCode, vendorErrorCode) for the active faults."""
+    for fault, code in ERROR_CODES:
+        if fault in faults:
+            return code, fault
+    return ("OtherError", sorted(faults)[0]) if faults else ("NoError", None)
+
+
+class OcppService:
+    def __init__(
+        self,
+        *,
+        charge_point_id: str,
+        controller: ChargingController,
+        sessions: SessionManager,
+        sampler: MeterSampler,
+        outbox: Outbox,
+        configuration: Configuration,
+        local_list: IdTagTable,
+        cache: IdTagTable,
+        connection: OcppConnection,
+        clock: Clock,
+        firmware_version: str,
+        restart: Callable[[str], None],
+        response_timeout_s: float = 30.0,
+    ) -> None:
+        self.charge_point_id = charge_point_id
+        self.controller = controller
+        self.sessions = sessions
+        self.sampler = sampler
+        self.outbox = outbox
+        self.configuration = configuration
+        self.local_list = local_list
+        self.cache = cache
+        self.connection = connection
+        self.clock = clock
+        self.firmware_version = firmware_version
+        self.restart = restart
+        self.response_timeout_s = response_timeout_s
+        self.link: CentralSystemLink | None = None
+        self.accepted = False
+        self._booted = False
+        self._kick = asyncio.Event()
+        self._status_due: set[int] = set()
+        self._last_status: dict[int, tuple[str, str, str | None]] = {}
+        self._scheduled_availability: str | None = None
+        self._pending_remote_start: str | None = None
+        self._last_heartbeat = 0.0
+        controller.add_listener(self._on_controller_event)
+        sessions.on_session_started(self._on_session_started)
+        sessions.on_session_finished(self._on_session_finished)
+
+    # ---- state --------------------------------------------------------------------------
+    @property
+    def online(self) -> bool:
+        return self.link is not None and self.accepted
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enabled": True,
+            "connected": self.online,
+            "state": self.connection.state,
+            "queued": len(self.outbox),
+            "last_error": self.connection.last_error,
+        }
+
+    # ---- running ------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._recover_power_loss()
+        await self.connection.run(self._session)
+
+    async def _session(self, ws: Any) -> None:
+        link = CentralSystemLink(self.charge_point_id, ws, self, self.response_timeout_s)
+        self.link = link
+        receiver = asyncio.create_task(link.start(), name="ocpp-receive")
+        worker = asyncio.create_task(self._work(link), name="ocpp-send")
+        try:
+            done, _ = await asyncio.wait({receiver, worker}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("OCPP session ended: %s", type(task.exception()).__name__)
+        finally:
+            self.link, self.accepted = None, False
+            for task in (receiver, worker):
+                task.cancel()
+            for task in (receiver, worker):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _call(self, link: CentralSystemLink, payload: Any) -> Any:
+        try:
+            return await link.call(payload, suppress=False)
+        except TimeoutError:
+            await self.connection.drop(f"{type(payload).__name__} not answered within {self.response_timeout_s:g} s")
+            raise
+
+    async def _work(self, link: CentralSystemLink) -> None:
+        if not self._booted:
+            await self._boot(link)
+        self.accepted = True
+        self._status_due.update({0, CONNECTOR})
+        self._last_heartbeat = self.clock.monotonic()
+        while True:
+            await self._send_statuses(link)
+            sent = await self._send_queued(link)
+            if sent:
+                continue
+            await self._heartbeat_if_due(link)
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        interval = max(1, self.configuration.get_int("HeartbeatInterval"))
+        wait = self._last_heartbeat + interval - self.clock.monotonic()
+        head = self.outbox.peek()
+        if head is not None and head.not_before is not None:
+            wait = min(wait, head.not_before - self.clock.now().timestamp())
+        return min(max(wait, 0.05), 5.0)
+
+    async def _boot(self, link: CentralSystemLink) -> None:
+        while True:
+            result = await self._call(
+                link,
+                call.BootNotification(
+                    charge_point_model="pievse-ac",
+                    charge_point_vendor="pievse",
+                    charge_point_serial_number=self.charge_point_id[:25],
+                    firmware_version=self.firmware_version[:50],
+                ),
+            )
+            interval = int(result.interval)
+            if result.status == "Accepted":
+                if interval > 0:
+                    self.configuration.change("HeartbeatInterval", str(interval))
+                self._booted = True
+                log.info("BootNotification accepted; heartbeat every %d s", interval)
+                return
+            wait = interval if interval > 0 else 30
+            log.warning("BootNotification %s; retrying in %d s", result.status, wait)
+            await asyncio.sleep(wait)
+
+    async def _heartbeat_if_due(self, link: CentralSystemLink) -> None:
+        if self.clock.monotonic() - self._last_heartbeat >= self.configuration.get_int("HeartbeatInterval"):
+            await self._call(link, call.Heartbeat())
+            self._last_heartbeat = self.clock.monotonic()
+
+    # ---- status notifications -------------------------------------------------------------
+    def _connector_status(self, connector_id: int) -> tuple[str, str, str | None]:
+        faults = self.controller.faults
+        code, vendor = error_code(faults)
+        if connector_id == 0:
+            if not self.controller.connector.operative:
+                return "Unavailable", code, vendor
+            return ("Faulted" if self.controller.connector.status is Status.FAULTED else "Available"), code, vendor
+        return self.controller.connector.status.value, code, vendor
+
+    async def _send_statuses(self, link: CentralSystemLink) -> None:
+        while self._status_due:
+            connector_id = min(self._status_due)
+            self._status_due.discard(connector_id)
+            status, code, vendor = self._connector_status(connector_id)
+            info = ", ".join(sorted(self.controller.faults))[:50] or None
+            await self._call(
+                link,
+                call.StatusNotification(
+                    connector_id=connector_id,
+                    error_code=code,
+                    status=status,
+                    timestamp=iso(self.clock.now()),
+                    info=info,
+                    vendor_error_code=vendor,
+                ),
+            )
+            self._last_status[connector_id] = (status, code, vendor)
+
+    def _on_controller_event(self, event: ControllerEvent) -> None:
+        if isinstance(event, StatusChanged | FaultsChanged):
+            for connector_id in (0, CONNECTOR):
+                if self._connector_status(connector_id) != self._last_status.get(connector_id):
+                    self._status_due.add(connector_id)
+            if (
+                isinstance(event, StatusChanged)
+                and self._scheduled_availability is not None
+                and not self.controller.in_session
+            ):
+                self._apply_availability(self._scheduled_availability)
+                self._scheduled_availability = None
+            self._kick.set()
+
+    # ---- transactions -----------------------------------------------------------------------
+    def _on_session_started(self, record: SessionRecord) -> None:
+        meter_start = record.meter_start_wh or 0.0
+        ref = self.outbox.begin_transaction(CONNECTOR, record.id_tag, meter_start, record.started_at)
+        record.transaction_ref = ref
+        self.outbox.enqueue(
+            "StartTransaction",
+            {
+                "connectorId": CONNECTOR,
+                "idTag": record.id_tag,
+                "meterStart": round(meter_start),
+                "timestamp": iso(record.started_at),
+            },
+            transaction_ref=ref,
+        )
+        self._kick.set()
+
+    def _on_session_finished(self, record: SessionRecord) -> None:
+        ref = record.transaction_ref
+        if ref is None:
+            return
+        stopped = record.stopped_at or self.clock.now()
+        meter_stop = record.meter_stop_wh if record.meter_stop_wh is not None else (record.meter_start_wh or 0.0)
+        self.outbox.end_transaction(ref, meter_stop, stopped, record.stop_reason or "Other")
+        self._enqueue_stop(ref, meter_stop, stopped, record.stop_reason or "Other", record.id_tag)
+
+    def _enqueue_stop(self, ref: int, meter_stop: float, stopped: datetime, reason: str, id_tag: str | None) -> None:
+        payload: dict[str, Any] = {
+            "transactionId": 0,
+            "meterStop": round(meter_stop),
+            "timestamp": iso(stopped),
+            "reason": reason,
+        }
+        if id_tag:
+            payload["idTag"] = id_tag
+        measurands = self.configuration.get_list("StopTxnSampledData")
+        latest = self.sampler.latest
+        if measurands and latest is not None:
+            value = meter_value(latest, measurands, stopped, context="Transaction.End")
+            if value is not None:
+                payload["transactionData"] = [value]
+        self.outbox.enqueue("StopTransaction", payload, transaction_ref=ref)
+        self._kick.set()
+
+    def _recover_power_loss(self) -> None:
+        """Transactions still open on disk were cut by a power loss: stop them with the meter's register."""
+        for tx in self.outbox.open_transactions():
+            latest = self.sampler.latest
+            meter_stop = latest.energy_import_wh if latest is not None else tx.meter_start_wh
+            now = self.clock.now()
+            log.warning("transaction %s (%s) was cut by a power loss: stopping it", tx.ref, tx.id_tag)
+            self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
+            self._enqueue_stop(tx.ref, meter_stop, now, "PowerLoss", tx.id_tag)
+
+    def sample_meter_values(self) -> None:
+        """Called every MeterValueSampleInterval while a transaction runs."""
+        record, latest = self.sessions.current, self.sampler.latest
+        if record is None or record.transaction_ref is None or latest is None:
+            return
+        value = meter_value(
+            latest,
+            self.configuration.get_list("MeterValuesSampledData"),
+            self.clock.now(),
+            offered_a=self.controller.offered_a,
+        )
+        if value is not None:
+            self.outbox.enqueue(
+                "MeterValues",
+                {"connectorId": CONNECTOR, "transactionId": 0, "meterValue": [value]},
+                transaction_ref=record.transaction_ref,
+            )
+            self._kick.set()
+
+    async def run_sampling(self) -> None:
+        while True:
+            interval = self.configuration.get_int("MeterValueSampleInterval")
+            await asyncio.sleep(interval if interval > 0 else 60)
+            if interval > 0:
+                self.sample_meter_values()
+
+    async def _send_queued(self, link: CentralSystemLink) -> bool:
+        msg = self.outbox.next_due()
+        if msg is None:
+            return False
+        payload_type = getattr(call, msg.action)
+        payload = payload_type(**camel_to_snake_case(msg.payload))
+        self.outbox.mark_sent(msg.id)
+        try:
+            result = await self._call(link, payload)
+        except OCPPError as exc:
+            retried = self.outbox.failed(msg.id, f"{type(exc).__name__}: {exc.description}")
+            log.warning("%s refused by the CSMS (%s)%s", msg.action, exc, "" if retried else "; discarded")
+            return True
+        except TimeoutError:
+            self.outbox.failed(msg.id, "no answer")
+            raise
+        response = snake_to_camel_case(dataclasses.asdict(result))
+        if self.outbox.delivered(msg.id, response) and msg.action == "StartTransaction":
+            self._check_start_answer(msg.transaction_ref, response)
+        return True
+
+    def _check_start_answer(self, ref: int | None, response: dict[str, Any]) -> None:
+        info = IdTagInfo.from_wire(response.get("idTagInfo") or {})
+        record = self.sessions.current
+        if info.status is AuthStatus.ACCEPTED or record is None or record.transaction_ref != ref:
+            return
+        if self.configuration.get_bool("StopTransactionOnInvalidId"):
+            log.warning("StartTransaction answered %s: stopping the transaction", info.status.value)
+            self.controller.connector.request_stop(StopReason.DEAUTHORIZED, f"idTag {info.status.value}")
+            self.controller.wake()
+
+    # ---- authorization ---------------------------------------------------------------------
+    async def authorize_with_csms(self, id_tag: str) -> IdTagInfo | None:
+        link = self.link
+        if link is None or not self.accepted:
+            return None
+        try:
+            result = await self._call(link, call.Authorize(id_tag=id_tag))
+        except (OCPPError, TimeoutError) as exc:
+            log.warning("Authorize for %s failed: %s", id_tag, type(exc).__name__)
+            return None
+        return IdTagInfo.from_wire(result.id_tag_info)
+
+    # ---- CSMS-initiated ------------------------------------------------------------------
+    def remote_start(self, id_tag: str, connector_id: int | None, charging_profile: Any) -> str:
+        if connector_id not in (None, CONNECTOR) or charging_profile is not None:
+            return "Rejected"  # profiles arrive with smart charging
+        connector = self.controller.connector
+        if connector.in_session or connector.authorized or not connector.operative:
+            return "Rejected"
+        if connector.status in (Status.FAULTED, Status.UNAVAILABLE):
+            return "Rejected"
+        self._pending_remote_start = id_tag
+        return "Accepted"
+
+    async def remote_start_followup(self, id_tag: str) -> None:
+        if self._pending_remote_start != id_tag:
+            return
+        self._pending_remote_start = None
+        if self.configuration.get_bool("AuthorizeRemoteTxRequests"):
+            await self.sessions.present_id_tag(id_tag, "remote start")
+        elif self.controller.connector.authorize(id_tag):
+            log.info("remote start for %s", id_tag)
+            self.controller.wake()
+
+    def remote_stop(self, transaction_id: int) -> str:
+        record = self.sessions.current
+        if record is None or record.transaction_ref is None:
+            return "Rejected"
+        if self.outbox.transaction_id(record.transaction_ref) != transaction_id:
+            return "Rejected"
+        self.controller.connector.request_stop(StopReason.REMOTE, "RemoteStopTransaction")
+        self.controller.wake()
+        return "Accepted"
+
+    async def reset(self, kind: str) -> None:
+        reason = StopReason.HARD_RESET if kind == "Hard" else StopReason.SOFT_RESET
+        if self.controller.connector.request_stop(reason, f"{kind} reset"):
+            self.controller.wake()
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if self.sessions.current is None:
+                    break
+        log.warning("%s reset requested by the CSMS: restarting", kind)
+        self.restart(kind)
+
+    def change_availability(self, connector_id: int, kind: str) -> str:
+        if connector_id not in (0, CONNECTOR):
+            return "Rejected"
+        if self.controller.in_session:
+            self._scheduled_availability = kind
+            return "Scheduled"
+        self._apply_availability(kind)
+        return "Accepted"
+
+    def _apply_availability(self, kind: str) -> None:
+        self.controller.connector.operative = kind == "Operative"
+        log.info("availability set to %s", kind)
+        self.controller.wake()
+
+    def unlock_connector(self, connector_id: int) -> str:
+        return "NotSupported"  # no cable lock actuator on this hardware
+
+    def change_configuration(self, key: str, value: str) -> str:
+        status = self.configuration.change(key, value)
+        log.info("ChangeConfiguration %s: %s", key, status)
+        return status
+
+    def clear_cache(self) -> str:
+        self.cache.clear()
+        return "Accepted"
+
+    def local_list_version(self) -> int:
+        return self.local_list.version if self.configuration.get_bool("LocalAuthListEnabled") else -1
+
+    def send_local_list(self, version: int, update_type: str, entries: list[dict[str, Any]]) -> str:
+        if not self.configuration.get_bool("LocalAuthListEnabled"):
+            return "NotSupported"
+        if len(entries) > self.configuration.get_int("SendLocalListMaxLength"):
+            return "Failed"
+        if update_type == "Full":
+            table = {e["id_tag"]: IdTagInfo.from_wire(e["id_tag_info"]) for e in entries if e.get("id_tag_info")}
+            self.local_list.replace(table, version)
+            return "Accepted"
+        if version <= self.local_list.version:
+            return "VersionMismatch"
+        for entry in entries:
+            if entry.get("id_tag_info"):
+                self.local_list.put(entry["id_tag"], IdTagInfo.from_wire(entry["id_tag_info"]))
+            else:
+                self.local_list.remove(entry["id_tag"])
+        self.local_list.set_version(version)
+        return "Accepted"
+
+    def trigger_status(self, message: str, connector_id: int | None) -> str:
+        if connector_id not in (None, 0, CONNECTOR):
+            return "Rejected"
+        return "Accepted" if message in TRIGGERABLE else "NotImplemented"
+
+    async def trigger(self, message: str, connector_id: int | None) -> None:
+        if message not in TRIGGERABLE or connector_id not in (None, 0, CONNECTOR):
+            return
+        if message == "BootNotification":
+            self._booted = False
+            if self.link is not None:
+                await self._boot(self.link)
+        elif message == "Heartbeat":
+            self._last_heartbeat = -1e9
+        elif message == "StatusNotification":
+            self._status_due.update({connector_id} if connector_id is not None else {0, CONNECTOR})
+        elif message == "MeterValues":
+            self.sample_meter_values()
+        self._kick.set()
