@@ -257,7 +257,8 @@ class ChargePointApp:
             self._sim_changed.clear()
             interval = self.sim_tick_s if bench.ev.plugged else max(self.sim_tick_s, 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sim_changed.wait(), interval)
+                async with asyncio.timeout(interval):  # wait_for can swallow a cancel on 3.11 (gh-86296)
+                    await self._sim_changed.wait()
 
     async def run(self, stop: asyncio.Event, *, serve_api: bool = True) -> None:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""

@@ -85,5 +85,6 @@ class MeterSampler:
             await self.sample()
             interval = self.idle_interval_s if self.is_idle() else self.interval_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):  # wait_for can swallow a cancel on 3.11 (gh-86296)
+                    await self._wake.wait()
             self._wake.clear()

@@ -43,6 +43,7 @@ class SessionRecord:
     max_current_a: float = 0.0
     #: The durable transaction this session is recorded as (set by the OCPP layer when present).
     transaction_ref: int | None = None
+    reservation_id: int | None = None
 
     def energy_wh(self, register_wh: float | None = None) -> float | None:
         end = self.meter_stop_wh if self.meter_stop_wh is not None else register_wh
@@ -151,9 +152,9 @@ class SessionManager:
                     delay = retry_s
                 tap = await first
                 self._reader_healthy()
-                await self.handle_tap(tap)
+                await self._handle_tap_safely(tap)
                 while True:
-                    await self.handle_tap(await taps.__anext__())
+                    await self._handle_tap_safely(await taps.__anext__())
             except DeviceError as exc:
                 if "reader" not in self.controller.faults:
                     log.error("card reader failed: %s; retrying", exc)
@@ -163,6 +164,14 @@ class SessionManager:
             except StopAsyncIteration:
                 log.warning("card reader stream ended; reopening")
                 await asyncio.sleep(delay)
+
+    async def _handle_tap_safely(self, tap: CardTap) -> None:
+        """A failure while deciding on one card must not stop the reader for every later card."""
+        try:
+            await self.handle_tap(tap)
+        except Exception:
+            log.exception("card tap %s could not be handled", tap.uid.hex())
+            self.controller.flash(IndicatorPattern.REJECTED)
 
     def _reader_healthy(self) -> None:
         self.controller.set_device_fault("reader", False)
@@ -180,7 +189,9 @@ class SessionManager:
     async def handle_event(self, event: ControllerEvent) -> None:
         if isinstance(event, SessionStarted):
             register = await self.sampler.register_wh()
-            self.current = SessionRecord(event.session, event.id_tag, event.at, register)
+            self.current = SessionRecord(
+                event.session, event.id_tag, event.at, register, reservation_id=event.reservation_id
+            )
             log.info("session %d started for %s, meter %s Wh", event.session, event.id_tag, _wh(register))
             for listener in self._started_listeners:
                 listener(self.current)

@@ -132,6 +132,7 @@ class IndicatorPattern(enum.Enum):
     OFF = "off"
     IDLE = "idle"  # available, waiting for a car
     WAITING = "waiting"  # plugged in or card read, waiting for the other
+    RESERVED = "reserved"  # held for one driver
     AUTHORIZED = "authorized"  # short acknowledgement of a good card
     REJECTED = "rejected"  # short signal for a refused card
     CHARGING = "charging"

@@ -229,7 +229,7 @@ def test_url_percent_encodes_the_charge_point_id() -> None:
 @pytest.mark.parametrize(
     ("url", "profile", "match"),
     [
-        ("http://csms.example/ocpp", 0, "not a ws://"),
+        ("http://csms.example/ocpp", 0, "must be a ws://"),
         ("ws://user:pw@csms.example/ocpp", 1, "credentials"),
         ("ws://csms.example/ocpp", 2, "needs a wss://"),
         ("ws://csms.example/ocpp", 3, "needs a wss://"),
@@ -277,7 +277,7 @@ def test_ssl_context_errors_name_the_file_but_not_its_contents(tls: dict[str, st
     with pytest.raises(ConnectionConfigError, match="security profile"):
         build_ssl_context(7, "", "", "")
     # Construction fails early on unusable files.
-    with pytest.raises(ConnectionConfigError, match="missing.pem"):
+    with pytest.raises(ConnectionConfigError, match=r"missing\.pem"):
         OcppConnection("wss://csms.example", CP, security_profile=2, ca_file=missing)
 
 
@@ -381,17 +381,26 @@ async def test_http_503_then_ok() -> None:
 
 
 async def test_open_timeout_when_the_server_accepts_tcp_but_never_answers() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         await reader.read()  # until the client gives up
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        conn = fast(f"ws://127.0.0.1:{port}", open_timeout_s=0.1)
-        async with running(conn, Recorder()):
-            await wait_until(lambda: conn.reconnects >= 2)
-            assert conn.last_error is not None and "timed out" in conn.last_error
+    try:
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            conn = fast(f"ws://127.0.0.1:{port}", open_timeout_s=0.1)
+            async with running(conn, Recorder()):
+                await wait_until(lambda: conn.reconnects >= 2)
+                assert conn.last_error is not None and "timed out" in conn.last_error
+    finally:
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
 async def test_dead_peer_is_noticed_by_keepalive_and_replaced() -> None:
@@ -631,7 +640,7 @@ async def test_wss_with_profile_0_still_verifies_the_server(ca: trustme.CA, tls:
         async with running(untrusted, Recorder()):
             await wait_until(lambda: untrusted.reconnects >= 2)
             assert untrusted.connections == 0
-            assert untrusted.last_error is not None and "certificate verify failed" in untrusted.last_error
+            assert untrusted.last_error is not None and "certificate verification failed" in untrusted.last_error
 
 
 async def test_wrong_ca_fails_verification_and_is_retried(ca: trustme.CA, tmp_path: Path) -> None:
@@ -643,7 +652,7 @@ async def test_wrong_ca_fails_verification_and_is_retried(ca: trustme.CA, tmp_pa
         async with running(conn, recorder):
             await wait_until(lambda: conn.reconnects >= 2)
             assert recorder.sessions == 0
-            assert conn.last_error is not None and "certificate verify failed" in conn.last_error
+            assert conn.last_error is not None and "certificate verification failed" in conn.last_error
 
 
 async def test_profile_3_needs_the_client_certificate(ca: trustme.CA, tls: dict[str, str]) -> None:

@@ -34,6 +34,7 @@ class Status(enum.StrEnum):
     FINISHING = "Finishing"
     FAULTED = "Faulted"
     UNAVAILABLE = "Unavailable"
+    RESERVED = "Reserved"
 
 
 class StopReason(enum.StrEnum):
@@ -69,6 +70,23 @@ class SessionStarted:
     session: int
     id_tag: str
     at: datetime
+    reservation_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    reservation_id: int
+    id_tag: str
+    expires: datetime
+    parent_id_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationEnded:
+    reservation: Reservation
+    #: "used", "expired" or "cancelled".
+    how: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +104,7 @@ class AuthorizationExpired:
     at: datetime
 
 
-ConnectorEvent = StatusChanged | SessionStarted | SessionStopped | AuthorizationExpired
+ConnectorEvent = StatusChanged | SessionStarted | SessionStopped | AuthorizationExpired | ReservationEnded
 
 
 @dataclass
@@ -133,6 +151,10 @@ RULES: Final = [
     ),
     _rule(Status.UNAVAILABLE, Status.AVAILABLE, "ev_absent", unless="is_inoperative"),
     _rule(Status.UNAVAILABLE, Status.PREPARING, "ev_present", unless="is_inoperative"),
+    # A reservation holds the connector for one idTag until it is used, cancelled or expires.
+    _rule(Status.AVAILABLE, Status.RESERVED, "is_reserved"),
+    _rule(Status.RESERVED, Status.AVAILABLE, unless=["is_reserved", "is_authorized"]),
+    _rule(Status.RESERVED, Status.PREPARING, "is_authorized"),
     # Waiting for the other half of "plugged in + authorized".
     _rule(Status.AVAILABLE, Status.PREPARING, "ev_present"),
     _rule(Status.AVAILABLE, Status.PREPARING, "is_authorized"),
@@ -160,6 +182,7 @@ RULES: Final = [
     _rule(Status.SUSPENDED_EV, Status.CHARGING, "ev_requests_energy", unless="must_pause"),
     _rule(Status.CHARGING, Status.SUSPENDED_EV, "ev_present", unless="ev_requests_energy"),
     # After a session.
+    _rule(Status.FINISHING, Status.RESERVED, ["ev_absent", "is_reserved"], before="_clear_stop"),
     _rule(Status.FINISHING, Status.AVAILABLE, "ev_absent", before="_clear_stop"),
     _rule(Status.FINISHING, Status.PREPARING, "is_authorized", before="_clear_stop"),
 ]
@@ -181,6 +204,8 @@ class Connector:
         self.session_number = 0
         self.operative = True
         self.fault_hold_done = False
+        self.reservation: Reservation | None = None
+        self._session_reservation: int | None = None
         self._stop: tuple[StopReason, str] | None = None
         self._last_reason = ""
         self.machine = AsyncMachine(
@@ -203,13 +228,41 @@ class Connector:
     def in_session(self) -> bool:
         return self.status in SESSION_STATES
 
-    def authorize(self, id_tag: str) -> bool:
-        """Grant a session to ``id_tag``; refused while a session runs or the connector is out of order."""
+    def authorize(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
+        """Grant a session to ``id_tag``; refused while a session runs, out of order, or reserved for another."""
         if self.in_session or self.status in (Status.FAULTED, Status.UNAVAILABLE) or not self.operative:
+            return False
+        r = self.reservation
+        if r is not None and not _same_tag(r, id_tag, parent_id_tag):
             return False
         self.authorized, self.id_tag, self.authorized_at = True, id_tag, None
         self._stop = None
         return True
+
+    def reserve(self, reservation: Reservation) -> str:
+        """ReserveNow: "Accepted", "Occupied", "Faulted" or "Unavailable" (OCPP 1.6 ReservationStatus)."""
+        if self.status is Status.FAULTED:
+            return "Faulted"
+        if self.status is Status.UNAVAILABLE or not self.operative:
+            return "Unavailable"
+        current = self.reservation
+        same = current is not None and current.reservation_id == reservation.reservation_id
+        if self.status not in (Status.AVAILABLE, Status.RESERVED) or (current is not None and not same):
+            return "Occupied"
+        self.reservation = reservation
+        return "Accepted"
+
+    def cancel_reservation(self, reservation_id: int) -> bool:
+        r = self.reservation
+        if r is None or r.reservation_id != reservation_id:
+            return False
+        self._end_reservation("cancelled")
+        return True
+
+    def _end_reservation(self, how: str) -> None:
+        if self.reservation is not None:
+            self._emit(ReservationEnded(self.reservation, how, self.inputs.wall))
+            self.reservation = None
 
     def request_stop(self, reason: StopReason, detail: str = "") -> bool:
         """End the session (or cancel a pending authorization) for ``reason``."""
@@ -226,6 +279,9 @@ class Connector:
         self.inputs = inputs
         if self.authorized and self.authorized_at is None:
             self.authorized_at = inputs.monotonic
+        if self.reservation is not None and inputs.wall >= self.reservation.expires and not self.authorized:
+            log.info("reservation %d for %s expired", self.reservation.reservation_id, self.reservation.id_tag)
+            self._end_reservation("expired")
         for _ in range(max_rules):
             if not await self.evaluate():
                 return
@@ -246,6 +302,9 @@ class Connector:
 
     def ev_absent(self) -> bool:
         return self.inputs.letter == "A"
+
+    def is_reserved(self) -> bool:
+        return self.reservation is not None
 
     def is_authorized(self) -> bool:
         return self.authorized
@@ -271,8 +330,12 @@ class Connector:
 
     def _start_session(self) -> None:
         self.session_number += 1
+        reservation_id = None
+        if self.reservation is not None:
+            reservation_id = self.reservation.reservation_id
+            self._end_reservation("used")
         self._last_reason = f"session {self.session_number} started for {self.id_tag}"
-        self._emit(SessionStarted(self.session_number, self.id_tag or "", self.inputs.wall))
+        self._emit(SessionStarted(self.session_number, self.id_tag or "", self.inputs.wall, reservation_id))
 
     def _end_session(self, reason: StopReason, detail: str) -> None:
         self._emit(SessionStopped(self.session_number, self.id_tag or "", reason, detail, self.inputs.wall))
@@ -317,6 +380,16 @@ class Connector:
     if TYPE_CHECKING:  # transitions adds the trigger at runtime
 
         async def evaluate(self) -> bool: ...
+
+
+def _same_tag(r: Reservation, id_tag: str, parent_id_tag: str | None) -> bool:
+    if id_tag.casefold() == r.id_tag.casefold():
+        return True
+    return (
+        r.parent_id_tag is not None
+        and parent_id_tag is not None
+        and r.parent_id_tag.casefold() == parent_id_tag.casefold()
+    )
 
 
 def _why(c: Connector) -> str:

@@ -56,6 +56,7 @@ _INDICATOR: Final = {
     Status.FINISHING: IndicatorPattern.FINISHING,
     Status.FAULTED: IndicatorPattern.FAULT,
     Status.UNAVAILABLE: IndicatorPattern.UNAVAILABLE,
+    Status.RESERVED: IndicatorPattern.RESERVED,
 }
 
 

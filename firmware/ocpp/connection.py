@@ -275,7 +275,8 @@ class OcppConnection:
         try:
             parsed = parse_uri(self.url)
         except InvalidURI:
-            raise ConnectionConfigError(f"CSMS URL {base_url!r} is not a ws:// or wss:// URL") from None
+            scheme = urllib.parse.urlsplit(base_url).scheme or "none"  # never echo the URL: it may hold credentials
+            raise ConnectionConfigError(f"the CSMS URL must be a ws:// or wss:// URL (scheme: {scheme})") from None
         if parsed.user_info is not None:
             raise ConnectionConfigError("the CSMS URL must not contain credentials; use the AuthorizationKey")
         if security_profile >= 2 and not parsed.secure:
@@ -491,6 +492,8 @@ class OcppConnection:
             if not session_task.done():
                 session_task.cancel()
                 await asyncio.wait({session_task})
+            if not session_task.cancelled():
+                session_task.exception()  # mark it retrieved even when we are being cancelled
         lasted = self._clock.monotonic() - started
         why = self._why_ended(ws, session_task)
         self.last_error = why

@@ -49,3 +49,10 @@ async def strict_csms_fixture() -> AsyncIterator[StrictCentralSystem]:
         yield csms
     finally:
         await csms.stop()
+
+
+# The same fixtures under their own names, for modules that import ``central_system`` / ``strict_csms`` directly.
+# Such a module needs noqa F401, and ruff then reports F811 at every test parameter that shadows the import
+# (the noqa has to sit on those lines), so importing the ``*_fixture`` names is cleaner.
+central_system = central_system_fixture
+strict_csms = strict_csms_fixture

@@ -6,14 +6,33 @@ follow-up work runs in ``@after`` handlers, which the ``ocpp`` package schedules
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from typing import TYPE_CHECKING, Any
 
+from ocpp.exceptions import FormationViolationError, FormatViolationError, NotSupportedError
+from ocpp.exceptions import NotImplementedError as OcppNotImplementedError
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import Action
 
 if TYPE_CHECKING:
     from firmware.ocpp.v16.service import OcppService
+
+log = logging.getLogger("firmware.ocpp")
+_ID = re.compile(r'^\s*\[\s*\d\s*,\s*"([^"\\]{1,36})"')
+
+
+def _frame_id(raw: str) -> str | None:
+    """The message id of a frame too large to parse, read from its first bytes."""
+    match = _ID.match(raw[:100])
+    return match.group(1) if match else None
+
+
+#: Frames above this size are refused with a CALLERROR (the websocket itself takes up to 4 MiB).
+MAX_FRAME_CHARS = 256 * 1024
+_KNOWN_ACTIONS = frozenset(a.value for a in Action)
 
 
 class CentralSystemLink(ChargePoint):  # type: ignore[misc]
@@ -22,6 +41,32 @@ class CentralSystemLink(ChargePoint):  # type: ignore[misc]
     def __init__(self, charge_point_id: str, connection: Any, service: OcppService, response_timeout: float) -> None:
         super().__init__(charge_point_id, connection, response_timeout=response_timeout)
         self.service = service
+
+    async def route_message(self, raw_msg: str) -> None:
+        """Refuse oversize frames before parsing them; everything else as the ocpp package does."""
+        if len(raw_msg) > MAX_FRAME_CHARS:
+            unique_id = _frame_id(raw_msg)
+            log.warning("dropped a %d-character frame from the CSMS (limit %d)", len(raw_msg), MAX_FRAME_CHARS)
+            if unique_id is not None and raw_msg.lstrip().startswith("[2"):
+                error = [4, unique_id, "FormationViolation", f"frame larger than {MAX_FRAME_CHARS} characters", {}]
+                await self._send(json.dumps(error))
+            return
+        await super().route_message(raw_msg)
+
+    async def _handle_call(self, msg: Any) -> Any:
+        """OCPP-J 1.6 §4.2.3: NotImplemented = action not known; NotSupported = known but not supported.
+
+        (The ocpp package answers the other way round.)
+        """
+        handlers = self.route_map.get(msg.action)
+        if handlers is None or "_on_action" not in handlers:
+            if msg.action in _KNOWN_ACTIONS:
+                raise NotSupportedError(details={"cause": f"{msg.action} is not supported by this charge point"})
+            raise OcppNotImplementedError(details={"cause": f"{msg.action} is not a known OCPP 1.6 action"})
+        try:
+            return await super()._handle_call(msg)
+        except FormatViolationError as exc:  # the package's 2.0.1 code; OCPP-J 1.6 §4.2.3 says FormationViolation
+            raise FormationViolationError(description=exc.description, details=exc.details) from exc
 
     @on(Action.remote_start_transaction)
     def on_remote_start(self, id_tag: str, connector_id: int | None = None, **kw: Any) -> Any:
@@ -78,6 +123,15 @@ class CentralSystemLink(ChargePoint):  # type: ignore[misc]
     def on_send_local_list(self, list_version: int, update_type: str, **kw: Any) -> Any:
         entries = kw.get("local_authorization_list") or []
         return call_result.SendLocalList(status=self.service.send_local_list(list_version, update_type, entries))
+
+    @on(Action.reserve_now)
+    def on_reserve_now(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int, **kw: Any) -> Any:
+        status = self.service.reserve_now(connector_id, expiry_date, id_tag, reservation_id, kw.get("parent_id_tag"))
+        return call_result.ReserveNow(status=status)
+
+    @on(Action.cancel_reservation)
+    def on_cancel_reservation(self, reservation_id: int, **kw: Any) -> Any:
+        return call_result.CancelReservation(status=self.service.cancel_reservation(reservation_id))
 
     @on(Action.trigger_message)
     def on_trigger_message(self, requested_message: str, connector_id: int | None = None, **kw: Any) -> Any:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
@@ -21,7 +22,7 @@ from ocpp.v16 import call
 
 from firmware.auth import AuthStatus
 from firmware.auth.ocpp import IdTagInfo, IdTagTable
-from firmware.charging.connector import Status, StatusChanged, StopReason
+from firmware.charging.connector import Reservation, Status, StatusChanged, StopReason
 from firmware.charging.controller import ChargingController, ControllerEvent, FaultsChanged
 from firmware.metering import MeterSampler
 from firmware.ocpp.connection import OcppConnection
@@ -48,7 +49,35 @@ ERROR_CODES: Final = (
     ("reader", "ReaderFailure"),
     ("pp-broken", "OtherError"),
 )
-TRIGGERABLE: Final = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues")
+TRIGGERABLE: Final = (
+    "BootNotification",
+    "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "StatusNotification",
+)
+
+
+@functools.lru_cache(maxsize=512)
+def _snake(key: str) -> str:
+    return str(camel_to_snake_case({key: None}).popitem()[0])
+
+
+def snake_keys(data: Any) -> Any:
+    """camelCase -> snake_case keys, recursively; the per-key conversion is cached (the outbox replays a lot)."""
+    if isinstance(data, dict):
+        return {_snake(k): snake_keys(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [snake_keys(v) for v in data]
+    return data
+
+
+def next_boundary(now: datetime, interval_s: int) -> datetime:
+    """The next instant after ``now`` that is a whole multiple of ``interval_s`` since 00:00 UTC."""
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    elapsed = (now - midnight).total_seconds()
+    return midnight + timedelta(seconds=(int(elapsed // interval_s) + 1) * interval_s)
 
 
 def error_code(faults: frozenset[str]) -> tuple[str, str | None]:
@@ -144,7 +173,10 @@ class OcppService:
         try:
             return await link.call(payload, suppress=False)
         except TimeoutError:
-            await self.connection.drop(f"{type(payload).__name__} not answered within {self.response_timeout_s:g} s")
+            if self.link is link:  # never drop a newer connection for a call made on an older one
+                await self.connection.drop(
+                    f"{type(payload).__name__} not answered within {self.response_timeout_s:g} s"
+                )
             raise
 
     async def _work(self, link: CentralSystemLink) -> None:
@@ -161,7 +193,8 @@ class OcppService:
             await self._heartbeat_if_due(link)
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self._idle_wait())
+                async with asyncio.timeout(self._idle_wait()):  # wait_for can swallow a cancel on 3.11
+                    await self._kick.wait()
 
     def _idle_wait(self) -> float:
         interval = max(1, self.configuration.get_int("HeartbeatInterval"))
@@ -244,18 +277,19 @@ class OcppService:
     # ---- transactions -----------------------------------------------------------------------
     def _on_session_started(self, record: SessionRecord) -> None:
         meter_start = record.meter_start_wh or 0.0
-        ref = self.outbox.begin_transaction(CONNECTOR, record.id_tag, meter_start, record.started_at)
-        record.transaction_ref = ref
-        self.outbox.enqueue(
-            "StartTransaction",
-            {
-                "connectorId": CONNECTOR,
-                "idTag": record.id_tag,
-                "meterStart": round(meter_start),
-                "timestamp": iso(record.started_at),
-            },
-            transaction_ref=ref,
+        ref = self.outbox.begin_transaction(
+            CONNECTOR, record.id_tag, meter_start, record.started_at, reservation_id=record.reservation_id
         )
+        record.transaction_ref = ref
+        payload: dict[str, Any] = {
+            "connectorId": CONNECTOR,
+            "idTag": record.id_tag,
+            "meterStart": round(meter_start),
+            "timestamp": iso(record.started_at),
+        }
+        if record.reservation_id is not None:
+            payload["reservationId"] = record.reservation_id
+        self.outbox.enqueue("StartTransaction", payload, transaction_ref=ref)
         self._kick.set()
 
     def _on_session_finished(self, record: SessionRecord) -> None:
@@ -295,38 +329,62 @@ class OcppService:
             self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
             self._enqueue_stop(tx.ref, meter_stop, now, "PowerLoss", tx.id_tag)
 
-    def sample_meter_values(self) -> None:
-        """Called every MeterValueSampleInterval while a transaction runs."""
+    def sample_meter_values(
+        self,
+        *,
+        context: str = "Sample.Periodic",
+        key: str = "MeterValuesSampledData",
+        at: datetime | None = None,
+        always: bool = False,
+    ) -> None:
+        """Queue one MeterValues: in a transaction it carries the transactionId; otherwise only if ``always``."""
         record, latest = self.sessions.current, self.sampler.latest
-        if record is None or record.transaction_ref is None or latest is None:
+        in_tx = record is not None and record.transaction_ref is not None
+        if latest is None or not (in_tx or always):
             return
         value = meter_value(
             latest,
-            self.configuration.get_list("MeterValuesSampledData"),
-            self.clock.now(),
+            self.configuration.get_list(key),
+            at or self.clock.now(),
+            context=context,
             offered_a=self.controller.offered_a,
         )
-        if value is not None:
-            self.outbox.enqueue(
-                "MeterValues",
-                {"connectorId": CONNECTOR, "transactionId": 0, "meterValue": [value]},
-                transaction_ref=record.transaction_ref,
-            )
-            self._kick.set()
+        if value is None:
+            return
+        payload: dict[str, Any] = {"connectorId": CONNECTOR, "meterValue": [value]}
+        if in_tx and record is not None:
+            payload["transactionId"] = 0
+            self.outbox.enqueue("MeterValues", payload, transaction_ref=record.transaction_ref)
+        else:
+            self.outbox.enqueue("MeterValues", payload)
+        self._kick.set()
 
     async def run_sampling(self) -> None:
+        """Sampled MeterValues every MeterValueSampleInterval during a transaction (0 = off)."""
         while True:
             interval = self.configuration.get_int("MeterValueSampleInterval")
             await asyncio.sleep(interval if interval > 0 else 60)
             if interval > 0:
                 self.sample_meter_values()
 
+    async def run_clock_aligned(self) -> None:
+        """Clock-aligned MeterValues every ClockAlignedDataInterval, aligned to 00:00 UTC (0 = off)."""
+        while True:
+            interval = self.configuration.get_int("ClockAlignedDataInterval")
+            if interval <= 0:
+                await asyncio.sleep(60)
+                continue
+            now = self.clock.now()
+            boundary = next_boundary(now, interval)
+            await asyncio.sleep(max(0.0, (boundary - now).total_seconds()))
+            self.sample_meter_values(context="Sample.Clock", key="MeterValuesAlignedData", at=boundary, always=True)
+
     async def _send_queued(self, link: CentralSystemLink) -> bool:
         msg = self.outbox.next_due()
         if msg is None:
             return False
         payload_type = getattr(call, msg.action)
-        payload = payload_type(**camel_to_snake_case(msg.payload))
+        payload = payload_type(**snake_keys(msg.payload))
         self.outbox.mark_sent(msg.id)
         try:
             result = await self._call(link, payload)
@@ -359,7 +417,7 @@ class OcppService:
             return None
         try:
             result = await self._call(link, call.Authorize(id_tag=id_tag))
-        except (OCPPError, TimeoutError) as exc:
+        except Exception as exc:  # CALLERROR, timeout, or the socket closing under the call
             log.warning("Authorize for %s failed: %s", id_tag, type(exc).__name__)
             return None
         return IdTagInfo.from_wire(result.id_tag_info)
@@ -404,6 +462,13 @@ class OcppService:
                 await asyncio.sleep(0.02)
                 if self.sessions.current is None:
                     break
+        # 1.6 §5.14: the StopTransaction goes out and is answered before the restart; otherwise the restarted
+        # process sends it (again) from the outbox. Bounded: offline it simply stays queued.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.response_timeout_s
+        while len(self.outbox) and self.online and loop.time() < deadline:
+            self._kick.set()
+            await asyncio.sleep(0.05)
         log.warning("%s reset requested by the CSMS: restarting", kind)
         self.restart(kind)
 
@@ -472,5 +537,32 @@ class OcppService:
         elif message == "StatusNotification":
             self._status_due.update({connector_id} if connector_id is not None else {0, CONNECTOR})
         elif message == "MeterValues":
-            self.sample_meter_values()
+            self.sample_meter_values(context="Trigger", always=True)
+        elif message == "DiagnosticsStatusNotification" and self.link is not None:
+            # No diagnostics upload has ever run here: the truthful status is Idle.
+            await self._call(self.link, call.DiagnosticsStatusNotification(status="Idle"))
+        elif message == "FirmwareStatusNotification" and self.link is not None:
+            await self._call(self.link, call.FirmwareStatusNotification(status="Idle"))
         self._kick.set()
+
+    def reserve_now(
+        self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int, parent_id_tag: str | None
+    ) -> str:
+        if connector_id != CONNECTOR:
+            return "Rejected"  # ReserveConnectorZeroSupported is false; there is one connector
+        try:
+            expires = datetime.fromisoformat(expiry_date.replace("Z", "+00:00"))
+        except ValueError:
+            return "Rejected"
+        if expires.tzinfo is None or expires <= self.clock.now():
+            return "Rejected"
+        status = self.controller.connector.reserve(Reservation(reservation_id, id_tag, expires, parent_id_tag))
+        log.info("ReserveNow %d for %s until %s: %s", reservation_id, id_tag, expires.isoformat(), status)
+        self.controller.wake()
+        return status
+
+    def cancel_reservation(self, reservation_id: int) -> str:
+        if self.controller.connector.cancel_reservation(reservation_id):
+            self.controller.wake()
+            return "Accepted"
+        return "Rejected"
