@@ -11,7 +11,7 @@ with what the ``ocpp`` package alone can do over the same connection:
 2. **replay**: a charge point (the firmware's own ``CentralSystemLink``, an ``ocpp.v16.ChargePoint``)
    connects to the test central system (``tests/csms/central.py``, in this process, ``delay`` = 0) and
    drains the outbox exactly like ``OcppService._send_queued``: ``next_due`` → payload built with
-   ``camel_to_snake_case`` → ``mark_sent`` → ``call(suppress=False)`` → ``delivered``. Timed from the
+   ``snake_keys`` → ``mark_sent`` → ``call(suppress=False)`` → ``delivered``. Timed from the
    first ``next_due`` to the empty queue. Also broken down per step.
 3. **raw**: another connection sends the same number of MeterValues CALLs back to back with
    ``ChargePoint.call(suppress=False)``, no store involved (payloads built before the clock starts).
@@ -58,6 +58,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 
 from firmware.ocpp.outbox import Outbox  # noqa: E402
 from firmware.ocpp.v16.link import CentralSystemLink  # noqa: E402
+from firmware.ocpp.v16.service import snake_keys  # noqa: E402
 from firmware.store import Store  # noqa: E402
 
 CONNECTOR = 1
@@ -153,7 +154,7 @@ async def drain(link: ChargePoint, outbox: Outbox, steps: Steps) -> int:
         if msg is None:
             break
         payload_type = getattr(call, msg.action)
-        payload = payload_type(**camel_to_snake_case(msg.payload))
+        payload = payload_type(**snake_keys(msg.payload))
         t2 = pc()
         acc["build payload"] += t2 - t1
         outbox.mark_sent(msg.id)

@@ -25,7 +25,7 @@ from firmware.limits.arbiter import Arbiter
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
 from hal.clock import Clock, SystemClock
-from hal.interfaces import Hardware
+from hal.interfaces import Hardware, MeterReading
 
 if TYPE_CHECKING:
     from hal.sim import SimBench
@@ -112,7 +112,7 @@ class ChargePointApp:
         sim_tick_s: float = 0.1,
         meter_interval_s: float = 1.0,
         control_tick_s: float | None = None,
-        ocpp_response_timeout_s: float = 30.0,
+        ocpp_response_timeout_s: float | None = None,
         ocpp_backoff: Any = None,
     ) -> None:
         self.settings = settings
@@ -163,11 +163,18 @@ class ChargePointApp:
                 self.sampler,
                 firmware_version=_version(),
                 restart=self.request_restart,
-                response_timeout_s=ocpp_response_timeout_s,
+                response_timeout_s=ocpp_response_timeout_s or settings.ocpp.call_timeout_s,
                 backoff=ocpp_backoff,
             )
             if settings.auth.mode == "ocpp":
                 self.sessions.authorizer = self.ocpp.authorizer
+            service = self.ocpp.service
+
+            def on_reading(reading: MeterReading) -> None:
+                self.sessions.note_reading(reading)
+                service.on_meter_reading(reading)
+
+            self.sampler.on_reading = on_reading
 
     # ---- status API --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -276,6 +283,7 @@ class ChargePointApp:
         if self.ocpp is not None:
             tasks.append(asyncio.create_task(self.ocpp.service.run(), name="ocpp"))
             tasks.append(asyncio.create_task(self.ocpp.service.run_sampling(), name="ocpp-meter-values"))
+            tasks.append(asyncio.create_task(self.ocpp.service.run_clock_aligned(), name="ocpp-clock-aligned"))
         self._stop = stop
         stopper = asyncio.create_task(stop.wait(), name="stop")
         log.info(

@@ -169,6 +169,13 @@ class OcppSettings:
     ca_file: str = setting("", "CA certificates to verify the CSMS (TLS); empty = the system's")
     client_cert: str = setting("", "client certificate file (PEM), security profile 3")
     client_key: str = setting("", "client private key file (PEM), security profile 3")
+    reconnect_min_s: float = setting(
+        1.0, "first wait before reconnecting; doubles per failure, with jitter", unit="s", min=0.1, max=600
+    )
+    reconnect_max_s: float = setting(300.0, "longest wait between reconnect attempts", unit="s", min=1, max=3600)
+    call_timeout_s: float = setting(
+        30.0, "a CALL unanswered this long means a stale link: the socket is replaced", unit="s", min=1, max=300
+    )
 
 
 @dataclass(frozen=True)

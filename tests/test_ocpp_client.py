@@ -6,17 +6,24 @@ import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from csms.central import TestCentralSystem
 from csms.fixtures import central_system  # noqa: F401
+from hypothesis import given
+from hypothesis import strategies as st
+from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call
 
 from firmware.app import ChargePointApp, demo_settings
+from firmware.auth import AuthStatus
+from firmware.auth.ocpp import IdTagInfo
 from firmware.charging.connector import Status
 from firmware.config import Settings, default_settings
 from firmware.ocpp.connection import Backoff
+from firmware.ocpp.v16.service import next_boundary, snake_keys
 from hal.clock import FakeClock
 
 CP = "CP-T1"
@@ -215,3 +222,214 @@ async def test_csms_down_for_a_whole_session_then_back(harness: Harness) -> None
     assert csms.payloads("MeterValues")[0]["transactionId"] == tx_id
     assert csms.payloads("StopTransaction")[0]["reason"] == "EVDisconnected"
     assert len(app.ocpp.outbox) == 0
+
+
+async def test_reservation_holds_the_connector_for_its_id_tag(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    expiry = (harness.clock.now() + timedelta(minutes=30)).isoformat()
+    result = await csms.call(
+        CP, call.ReserveNow(connector_id=1, expiry_date=expiry, id_tag="04A1B2C3", reservation_id=7)
+    )
+    assert result.status == "Accepted"
+    await harness.advance(0.3)
+    assert app.controller.connector.status is Status.RESERVED
+    await csms.wait_for(
+        lambda: any(p["status"] == "Reserved" for p in csms.payloads("StatusNotification") if p["connectorId"] == 1)
+    )
+    assert (
+        await csms.call(CP, call.ReserveNow(connector_id=0, expiry_date=expiry, id_tag="X", reservation_id=8))
+    ).status == "Rejected"
+    harness.sim.plug()
+    harness.sim.tap(bytes.fromhex("11223344"))  # someone else
+    await harness.advance(3.0)
+    assert app.controller.connector.status is Status.RESERVED
+    assert not harness.sim.contactor.commanded
+    harness.sim.tap(bytes.fromhex("04A1B2C3"))
+    await harness.advance(3.0)
+    await csms.wait_for(lambda: csms.count("StartTransaction") == 1)
+    assert csms.payloads("StartTransaction")[0]["reservationId"] == 7
+    assert app.controller.connector.status is Status.CHARGING
+    assert app.controller.connector.reservation is None
+
+
+async def test_reservation_expires_and_can_be_cancelled(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    expiry = (harness.clock.now() + timedelta(seconds=60)).isoformat()
+    assert (
+        await csms.call(CP, call.ReserveNow(connector_id=1, expiry_date=expiry, id_tag="A1", reservation_id=1))
+    ).status == "Accepted"
+    await harness.advance(0.3)
+    assert app.controller.connector.status is Status.RESERVED
+    await harness.advance(61.0, dt=1.0)
+    assert app.controller.connector.status is Status.AVAILABLE
+    assert (await csms.call(CP, call.CancelReservation(reservation_id=1))).status == "Rejected"
+    expiry = (harness.clock.now() + timedelta(seconds=60)).isoformat()
+    await csms.call(CP, call.ReserveNow(connector_id=1, expiry_date=expiry, id_tag="A1", reservation_id=2))
+    await harness.advance(0.3)
+    assert (await csms.call(CP, call.CancelReservation(reservation_id=2))).status == "Accepted"
+    await harness.advance(0.3)
+    assert app.controller.connector.status is Status.AVAILABLE
+    past = (harness.clock.now() - timedelta(seconds=1)).isoformat()
+    assert (
+        await csms.call(CP, call.ReserveNow(connector_id=1, expiry_date=past, id_tag="A1", reservation_id=3))
+    ).status == "Rejected"
+    harness.sim.plug()
+    await harness.advance(0.3)
+    occupied = await csms.call(CP, call.ReserveNow(connector_id=1, expiry_date=expiry, id_tag="A1", reservation_id=4))
+    assert occupied.status == "Occupied"
+
+
+async def test_heartbeat_after_the_interval(harness: Harness) -> None:
+    csms = harness.csms
+    before = csms.count("Heartbeat")
+    await harness.advance(299.0, dt=10.0)
+    await asyncio.sleep(0.1)
+    assert csms.count("Heartbeat") == before
+    await harness.advance(2.0, dt=1.0)
+    await csms.wait_for(lambda: csms.count("Heartbeat") == before + 1)
+
+
+async def test_fault_reports_error_code_and_faulted(harness: Harness) -> None:
+    csms = harness.csms
+    harness.sim.inject("rcd")
+    await harness.advance(0.3)
+    await csms.wait_for(
+        lambda: any(p["status"] == "Faulted" for p in csms.payloads("StatusNotification") if p["connectorId"] == 1)
+    )
+    faulted = [p for p in csms.payloads("StatusNotification") if p["connectorId"] == 1 and p["status"] == "Faulted"]
+    assert faulted[0]["errorCode"] == "GroundFailure" and faulted[0]["vendorErrorCode"] == "rcd"
+    harness.sim.clear("rcd")
+    await harness.advance(1.0)
+    await csms.wait_for(lambda: csms.payloads("StatusNotification")[-1]["errorCode"] == "NoError")
+
+
+async def test_change_availability_during_a_session_is_scheduled(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    harness.sim.plug()
+    harness.sim.tap(bytes.fromhex("04A1B2C3"))
+    await harness.advance(3.0)
+    assert app.controller.connector.status is Status.CHARGING
+    result = await csms.call(CP, call.ChangeAvailability(connector_id=0, type="Inoperative"))
+    assert result.status == "Scheduled"
+    await harness.advance(1.0)
+    assert harness.sim.contactor.commanded  # the running session is not cut
+    harness.sim.unplug()
+    await harness.advance(0.5)
+    assert app.controller.connector.status is Status.UNAVAILABLE
+
+
+async def test_start_answered_invalid_stops_the_transaction(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    app.ocpp.configuration.change("LocalPreAuthorize", "true")
+    app.ocpp.local_list.put("0BADCAFE", IdTagInfo(AuthStatus.ACCEPTED))  # known locally, blocked centrally
+    csms.id_tags = {"0BADCAFE": "Blocked"}
+    harness.sim.plug()
+    harness.sim.tap(bytes.fromhex("0BADCAFE"))
+    await harness.advance(3.0)
+    await csms.wait_for(lambda: csms.count("StopTransaction") == 1)
+    assert csms.count("Authorize") == 0  # pre-authorized from the local list
+    assert csms.payloads("StopTransaction")[0]["reason"] == "DeAuthorized"
+    await harness.advance(0.3)
+    assert not harness.sim.contactor.commanded
+
+
+async def test_authorize_remote_tx_requests(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    app.ocpp.configuration.change("AuthorizeRemoteTxRequests", "true")
+    csms.id_tags = {"BLOCKED1": "Blocked"}
+    harness.sim.plug()
+    await harness.advance(0.3)
+    assert (await csms.call(CP, call.RemoteStartTransaction(id_tag="BLOCKED1"))).status == "Accepted"
+    await harness.advance(2.0)
+    await csms.wait_for(lambda: csms.count("Authorize") == 1)
+    assert csms.count("StartTransaction") == 0
+    assert app.controller.connector.status is Status.PREPARING
+
+
+async def test_boot_pending_is_retried_and_nothing_else_is_sent(central_system: TestCentralSystem) -> None:  # noqa: F811
+    central_system.boot_status = "Pending"
+    central_system.heartbeat_interval = 1
+    h = Harness(central_system, Path(tempfile.mkdtemp(prefix="evse-ocpp-", dir="/tmp")))
+    task = asyncio.create_task(h.app.run(h.stop))
+    try:
+        await central_system.wait_for(lambda: central_system.count("BootNotification") == 2, timeout=5.0)
+        assert set(h.actions()) == {"BootNotification"}
+        central_system.boot_status = "Accepted"
+        await central_system.wait_for(lambda: central_system.count("StatusNotification") >= 2, timeout=5.0)
+    finally:
+        h.stop.set()
+        await task
+
+
+def test_clock_aligned_boundaries() -> None:
+    t = datetime(2026, 3, 29, 0, 7, 30, tzinfo=UTC)
+    assert next_boundary(t, 900) == datetime(2026, 3, 29, 0, 15, tzinfo=UTC)
+    assert next_boundary(datetime(2026, 3, 29, 23, 50, tzinfo=UTC), 900) == datetime(2026, 3, 30, 0, 0, tzinfo=UTC)
+
+
+@given(st.datetimes(timezones=st.just(UTC)), st.sampled_from([60, 300, 900, 3600, 86400]))
+def test_clock_aligned_boundary_properties(now: datetime, interval: int) -> None:
+    b = next_boundary(now, interval)
+    assert now < b <= now + timedelta(seconds=interval)
+    midnight = b.replace(hour=0, minute=0, second=0, microsecond=0)
+    assert (b - midnight).total_seconds() % interval == 0
+
+
+@given(
+    st.recursive(
+        st.dictionaries(st.from_regex(r"[a-z][a-zA-Z]{0,12}", fullmatch=True), st.integers()),
+        lambda inner: st.dictionaries(
+            st.from_regex(r"[a-z][a-zA-Z]{0,12}", fullmatch=True), inner | st.lists(inner, max_size=3)
+        ),
+        max_leaves=10,
+    )
+)
+def test_cached_key_conversion_matches_the_ocpp_package(payload: dict[str, object]) -> None:
+    assert snake_keys(payload) == camel_to_snake_case(payload)
+
+
+async def test_clock_aligned_values_and_stop_txn_aligned_data(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    app.ocpp.configuration.change("StopTxnAlignedData", "Energy.Active.Import.Register")
+    app.ocpp.service.clock_aligned_sample(harness.clock.now())  # outside a transaction: no transactionId
+    await csms.wait_for(lambda: csms.count("MeterValues") == 1)
+    assert "transactionId" not in csms.payloads("MeterValues")[0]
+    harness.sim.plug()
+    harness.sim.tap(bytes.fromhex("04A1B2C3"))
+    await harness.advance(60.0, dt=1.0)
+    app.ocpp.service.clock_aligned_sample(harness.clock.now())
+    await csms.wait_for(lambda: csms.count("MeterValues") == 2)
+    aligned = csms.payloads("MeterValues")[1]
+    assert aligned["transactionId"] == 1
+    assert aligned["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
+    harness.sim.unplug()
+    await harness.advance(0.5)
+    await csms.wait_for(lambda: csms.count("StopTransaction") == 1)
+    data = csms.payloads("StopTransaction")[0]["transactionData"]
+    assert [d["sampledValue"][0]["context"] for d in data] == ["Sample.Clock"]
+
+
+async def test_max_energy_on_invalid_id(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    app.ocpp.configuration.change("StopTransactionOnInvalidId", "false")
+    app.ocpp.configuration.change("MaxEnergyOnInvalidId", "500")
+    app.ocpp.configuration.change("LocalPreAuthorize", "true")
+    app.ocpp.local_list.put("0BADCAFE", IdTagInfo(AuthStatus.ACCEPTED))
+    csms.id_tags = {"0BADCAFE": "Invalid"}
+    harness.sim.plug()
+    harness.sim.tap(bytes.fromhex("0BADCAFE"))
+    await harness.advance(3.0)
+    await csms.wait_for(lambda: csms.count("StartTransaction") == 1)
+    await harness.advance(60.0, dt=1.0)  # 22 kW: 500 Wh in about 80 s
+    assert harness.sim.contactor.commanded
+    await harness.advance(60.0, dt=1.0)
+    await csms.wait_for(lambda: csms.count("StopTransaction") == 1)
+    stop = csms.payloads("StopTransaction")[0]
+    assert stop["reason"] == "DeAuthorized"
+    assert 500 <= stop["meterStop"] - csms.payloads("StartTransaction")[0]["meterStart"] < 600
+
+
+async def test_charger_initiated_data_transfer(harness: Harness) -> None:
+    result = await harness.app.ocpp.service.data_transfer("org.example", "Hello", "{}")
+    assert result.status == "Accepted"
+    assert harness.csms.payloads("DataTransfer")[0] == {"vendorId": "org.example", "messageId": "Hello", "data": "{}"}

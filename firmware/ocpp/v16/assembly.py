@@ -106,7 +106,7 @@ def build(
         client_cert=o.client_cert,
         client_key=o.client_key,
         ping_interval=lambda: float(configuration.get_int("WebSocketPingInterval")),
-        backoff=backoff,
+        backoff=backoff or Backoff(initial_s=o.reconnect_min_s, maximum_s=max(o.reconnect_max_s, o.reconnect_min_s)),
     )
     local_list, cache = IdTagTable(kv, "ocpp.local_list"), IdTagTable(kv, "ocpp.auth_cache")
     service = OcppService(

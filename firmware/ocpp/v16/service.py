@@ -32,6 +32,7 @@ from firmware.ocpp.v16.link import CentralSystemLink
 from firmware.ocpp.v16.meter_values import iso, meter_value
 from firmware.session import SessionManager, SessionRecord
 from hal.clock import Clock
+from hal.interfaces import MeterReading
 
 log = logging.getLogger("firmware.ocpp")
 
@@ -128,6 +129,10 @@ class OcppService:
         self._scheduled_availability: str | None = None
         self._pending_remote_start: str | None = None
         self._last_heartbeat = 0.0
+        #: Clock-aligned samples of the running transaction, for StopTxnAlignedData.
+        self._aligned_for_stop: list[dict[str, Any]] = []
+        #: (transaction ref, register Wh at which to stop) after an idTag was found invalid (MaxEnergyOnInvalidId).
+        self._energy_cap: tuple[int, float] | None = None
         controller.add_listener(self._on_controller_event)
         sessions.on_session_started(self._on_session_started)
         sessions.on_session_finished(self._on_session_finished)
@@ -276,6 +281,7 @@ class OcppService:
 
     # ---- transactions -----------------------------------------------------------------------
     def _on_session_started(self, record: SessionRecord) -> None:
+        self._aligned_for_stop = []
         meter_start = record.meter_start_wh or 0.0
         ref = self.outbox.begin_transaction(
             CONNECTOR, record.id_tag, meter_start, record.started_at, reservation_id=record.reservation_id
@@ -310,12 +316,16 @@ class OcppService:
         }
         if id_tag:
             payload["idTag"] = id_tag
+        data: list[dict[str, Any]] = list(self._aligned_for_stop)
+        self._aligned_for_stop = []
         measurands = self.configuration.get_list("StopTxnSampledData")
         latest = self.sampler.latest
         if measurands and latest is not None:
             value = meter_value(latest, measurands, stopped, context="Transaction.End")
             if value is not None:
-                payload["transactionData"] = [value]
+                data.append(value)
+        if data:
+            payload["transactionData"] = data
         self.outbox.enqueue("StopTransaction", payload, transaction_ref=ref)
         self._kick.set()
 
@@ -377,7 +387,17 @@ class OcppService:
             now = self.clock.now()
             boundary = next_boundary(now, interval)
             await asyncio.sleep(max(0.0, (boundary - now).total_seconds()))
-            self.sample_meter_values(context="Sample.Clock", key="MeterValuesAlignedData", at=boundary, always=True)
+            self.clock_aligned_sample(boundary)
+
+    def clock_aligned_sample(self, boundary: datetime) -> None:
+        """One aligned reading: a MeterValues now, and kept for StopTransaction per StopTxnAlignedData."""
+        self.sample_meter_values(context="Sample.Clock", key="MeterValuesAlignedData", at=boundary, always=True)
+        stop_measurands = self.configuration.get_list("StopTxnAlignedData")
+        latest = self.sampler.latest
+        if stop_measurands and latest is not None and self.sessions.current is not None:
+            value = meter_value(latest, stop_measurands, boundary, context="Sample.Clock")
+            if value is not None:
+                self._aligned_for_stop.append(value)
 
     async def _send_queued(self, link: CentralSystemLink) -> bool:
         msg = self.outbox.next_due()
@@ -409,6 +429,32 @@ class OcppService:
             log.warning("StartTransaction answered %s: stopping the transaction", info.status.value)
             self.controller.connector.request_stop(StopReason.DEAUTHORIZED, f"idTag {info.status.value}")
             self.controller.wake()
+            return
+        max_wh = self.configuration.get_int("MaxEnergyOnInvalidId")
+        if max_wh > 0 and ref is not None:
+            start = record.meter_start_wh or 0.0
+            self._energy_cap = (ref, start + max_wh)
+            log.warning("StartTransaction answered %s: charging on for at most %d Wh", info.status.value, max_wh)
+
+    def on_meter_reading(self, reading: MeterReading) -> None:
+        """MaxEnergyOnInvalidId: stop once an invalidated idTag has had its allowance."""
+        cap, record = self._energy_cap, self.sessions.current
+        if cap is None:
+            return
+        if record is None or record.transaction_ref != cap[0]:
+            self._energy_cap = None
+        elif reading.energy_import_wh >= cap[1]:
+            self._energy_cap = None
+            log.warning("MaxEnergyOnInvalidId reached: stopping the transaction")
+            self.controller.connector.request_stop(StopReason.DEAUTHORIZED, "MaxEnergyOnInvalidId reached")
+            self.controller.wake()
+
+    async def data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None) -> Any:
+        """A charger-initiated DataTransfer (e.g. pricing messages); None when the CSMS is unreachable."""
+        link = self.link
+        if link is None or not self.accepted:
+            return None
+        return await self._call(link, call.DataTransfer(vendor_id=vendor_id, message_id=message_id, data=data))
 
     # ---- authorization ---------------------------------------------------------------------
     async def authorize_with_csms(self, id_tag: str) -> IdTagInfo | None:
