@@ -319,11 +319,15 @@ def format_status(status: Mapping[str, Any]) -> list[str]:
         ("transaction", _format_transaction(status.get("transaction"))),
     ]
     if ocpp and ocpp.get("enabled") is False:
-        rows.append(("ocpp", "off (no CSMS connection in this build)"))
+        rows.append(("ocpp", "off (no [ocpp] url configured)"))
     elif ocpp:
         connected = ocpp.get("connected")
         link = "connected" if connected else "disconnected" if connected is not None else "unknown"
+        if not connected and ocpp.get("state"):
+            link += f" ({ocpp['state']})"
         rows.append(("ocpp", f"{link}, {_num(ocpp.get('queued'), 'd')} queued"))
+        if not connected and ocpp.get("last_error"):
+            rows.append(("  last error", _text(ocpp.get("last_error"))))
     else:
         rows.append(("ocpp", "-"))
     faults = status.get("faults")
