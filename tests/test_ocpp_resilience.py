@@ -504,3 +504,32 @@ async def test_local_list_and_cache_authorize_offline(harness: Harness) -> None:
     assert await _try_session(harness, unknown)
     assert csms.count("Authorize") == authorizes
     assert len(app.ocpp.outbox) == 6  # three offline transactions, Start + Stop each, on disk
+
+
+async def test_daemon_reset_reexecutes_and_boots_again(central_system: TestCentralSystem) -> None:  # noqa: F811
+    """Reset from the CSMS: the real daemon stops cleanly and re-executes itself (same PID), then boots again."""
+    csms = central_system
+    work = Path(tempfile.mkdtemp(prefix="evse-rst-", dir="/tmp"))
+    sock = work / "control.sock"
+    config = work / "config.toml"
+    config.write_text(
+        f'[charger]\nid = "{CP}"\n[hal]\nbackend = "sim"\n[store]\ndir = "{work}"\n[control]\nsocket = "{sock}"\n'
+        f'[auth]\nmode = "free"\n[ocpp]\nurl = "{csms.url}"\n'
+    )
+    proc = subprocess.Popen(
+        [*EVSE, "run", "--config", str(config)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        await _poll(lambda: csms.count("BootNotification") == 1 and csms.connected(CP), 20, "boot", proc)
+        await _poll(lambda: csms.count("StatusNotification") >= 2, 10, "status", proc)
+        result = await csms.call(CP, call.Reset(type="Hard"))
+        assert result.status == "Accepted"
+        await _poll(lambda: csms.count("BootNotification") == 2, 20, "boot after reset", proc)
+        assert proc.poll() is None  # the same process, re-executed
+        await _poll(lambda: ApiClient(str(sock), timeout=2.0).request("status")["ocpp"]["connected"], 10, "up", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+        stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, stderr[-3000:]
+    assert "Hard reset requested by the CSMS" in stderr and "restarting after a Hard reset" in stderr

@@ -11,6 +11,7 @@ import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,26 @@ async def test_every_frame_the_charger_sends_is_schema_valid(strict: StrictHarne
         "UnlockFailed",
         "NotSupported",
     )
+    # Reservation: used by its idTag (StartTransaction carries reservationId), then one cancelled.
+    expiry = (strict.clock.now() + timedelta(minutes=10)).isoformat()
+    reserve = {"connectorId": 1, "expiryDate": expiry, "idTag": "04A1B2C3", "reservationId": 5}
+    assert (await strict.call("ReserveNow", reserve))["status"] == "Accepted"
+    assert (await strict.call("CancelReservation", {"reservationId": 5}))["status"] == "Accepted"
+    assert (await strict.call("CancelReservation", {"reservationId": 5}))["status"] == "Rejected"
+    assert (await strict.call("ReserveNow", {**reserve, "reservationId": 6}))["status"] == "Accepted"
+    await strict.advance(0.3)
+    strict.sim.plug()
+    strict.sim.tap(bytes.fromhex("04A1B2C3"))
+    await strict.advance(3.0)
+    await csms.wait_for(lambda: any(p.get("reservationId") == 6 for p in csms.received("StartTransaction")))
+    strict.sim.unplug()
+    await strict.advance(0.5)
+    for message in ("DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+        assert (await strict.call("TriggerMessage", {"requestedMessage": message}))["status"] == "Accepted"
+        await csms.wait_for(lambda m=message: csms.count(m) >= 1)  # type: ignore[misc]
+    await strict.settle()
+    assert (await strict.call("Reset", {"type": "Soft"}))["status"] == "Accepted"
+    await csms.wait_for(lambda: strict.app.restart_requested == "Soft")
     await asyncio.sleep(0.2)
 
     # ---- the verdict

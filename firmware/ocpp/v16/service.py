@@ -153,7 +153,7 @@ class OcppService:
 
     # ---- running ------------------------------------------------------------------------
     async def run(self) -> None:
-        self._recover_power_loss()
+        await self._recover_power_loss()
         await self.connection.run(self._session)
 
     async def _session(self, ws: Any) -> None:
@@ -329,11 +329,16 @@ class OcppService:
         self.outbox.enqueue("StopTransaction", payload, transaction_ref=ref)
         self._kick.set()
 
-    def _recover_power_loss(self) -> None:
+    async def _recover_power_loss(self) -> None:
         """Transactions still open on disk were cut by a power loss: stop them with the meter's register."""
-        for tx in self.outbox.open_transactions():
-            latest = self.sampler.latest
-            meter_stop = latest.energy_import_wh if latest is not None else tx.meter_start_wh
+        open_transactions = self.outbox.open_transactions()
+        register = await self.sampler.register_wh() if open_transactions else None
+        for tx in open_transactions:
+            meter_stop = tx.meter_start_wh
+            if register is not None and register >= tx.meter_start_wh:
+                meter_stop = register
+            else:
+                log.warning("meter register unavailable or behind the transaction start: meterStop = meterStart")
             now = self.clock.now()
             log.warning("transaction %s (%s) was cut by a power loss: stopping it", tx.ref, tx.id_tag)
             self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
