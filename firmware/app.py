@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from firmware.aio import wait_event
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
 from firmware.charging.controller import ChargingController, ControllerSettings
@@ -263,9 +264,7 @@ class ChargePointApp:
             bench.tick()
             self._sim_changed.clear()
             interval = self.sim_tick_s if bench.ev.plugged else max(self.sim_tick_s, 1.0)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):  # wait_for can swallow a cancel on 3.11 (gh-86296)
-                    await self._sim_changed.wait()
+            await wait_event(self._sim_changed, interval)
 
     async def run(self, stop: asyncio.Event, *, serve_api: bool = True) -> None:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""

@@ -7,10 +7,10 @@ for sessions always comes from the meter's import register, never from integrate
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from firmware.aio import wait_event
 from hal.interfaces import DeviceError, EnergyMeter, MeterReading
 
 log = logging.getLogger("firmware.metering")
@@ -84,7 +84,5 @@ class MeterSampler:
         while True:
             await self.sample()
             interval = self.idle_interval_s if self.is_idle() else self.interval_s
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):  # wait_for can swallow a cancel on 3.11 (gh-86296)
-                    await self._wake.wait()
+            await wait_event(self._wake, interval)
             self._wake.clear()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,65 +15,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call
+from ocpp_harness import OcppHarness
 
-from firmware.app import ChargePointApp, demo_settings
 from firmware.auth import AuthStatus
 from firmware.auth.ocpp import IdTagInfo
 from firmware.charging.connector import Status
-from firmware.config import Settings, default_settings
-from firmware.ocpp.connection import Backoff
-from firmware.ocpp.v16.service import next_boundary, snake_keys
-from hal.clock import FakeClock
+from firmware.ocpp.v16.service import snake_keys
+from firmware.ocpp.v16.transactions import next_boundary
 
 CP = "CP-T1"
 
 
-def settings_for(url: str, work: Path, mode: str = "ocpp") -> Settings:
-    s = demo_settings(default_settings(), work)
-    return replace(
-        s,
-        charger=replace(s.charger, id=CP),
-        ocpp=replace(s.ocpp, url=url),
-        auth=replace(s.auth, mode=mode),
-    )
-
-
-class Harness:
+class Harness(OcppHarness[TestCentralSystem]):
     def __init__(self, csms: TestCentralSystem, work: Path) -> None:
-        self.csms = csms
-        self.clock = FakeClock()
-        self.app = ChargePointApp(
-            settings_for(csms.url, work),
-            clock=self.clock,
-            sim_tick_s=0.005,
-            meter_interval_s=0.01,
-            ocpp_response_timeout_s=2.0,
-            ocpp_backoff=Backoff(initial_s=0.02, maximum_s=0.1),
-        )
-        self.restarts: list[str] = []
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def sim(self):  # type: ignore[no-untyped-def]
-        assert self.app.sim is not None
-        return self.app.sim
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.app.run(self.stop))
-        await self.csms.wait_for(lambda: self.app.ocpp.service.online)
-
-    async def close(self) -> None:
-        self.stop.set()
-        if self.task is not None:
-            await self.task
-
-    async def advance(self, seconds: float, dt: float = 0.1) -> None:
-        for _ in range(round(seconds / dt)):
-            self.clock.advance(dt)
-            self.sim.tick()
-            self.app.controller.wake()
-            await asyncio.sleep(0.002)
+        super().__init__(csms, CP, work=work)
 
     def actions(self) -> list[str]:
         return [r.action for r in self.csms.received if r.charge_point_id == CP]
@@ -433,3 +387,14 @@ async def test_charger_initiated_data_transfer(harness: Harness) -> None:
     result = await harness.app.ocpp.service.data_transfer("org.example", "Hello", "{}")
     assert result.status == "Accepted"
     assert harness.csms.payloads("DataTransfer")[0] == {"vendorId": "org.example", "messageId": "Hello", "data": "{}"}
+
+
+async def test_connection_timeout_set_by_the_csms_applies(harness: Harness) -> None:
+    csms, app = harness.csms, harness.app
+    assert (await csms.call(CP, call.ChangeConfiguration(key="ConnectionTimeOut", value="10"))).status == "Accepted"
+    app.controller.connector.authorize("04A1B2C3")
+    await harness.advance(0.5)
+    assert app.controller.connector.status is Status.PREPARING
+    await harness.advance(10.0, dt=0.5)
+    assert app.controller.connector.status is Status.AVAILABLE
+    assert not app.controller.connector.authorized

@@ -40,31 +40,24 @@ EXPECTED: list[tuple[str, str, bool, str]] = [
     ("AllowOfflineTxForUnknownId", "bool", False, "false"),
     ("StopTransactionOnInvalidId", "bool", False, "true"),
     ("MaxEnergyOnInvalidId", "int", False, "0"),
-    ("StopTransactionOnEVSideDisconnect", "bool", False, "true"),
-    ("UnlockConnectorOnEVSideDisconnect", "bool", False, "true"),
+    ("StopTransactionOnEVSideDisconnect", "bool", True, "true"),
+    ("UnlockConnectorOnEVSideDisconnect", "bool", True, "true"),
     ("TransactionMessageAttempts", "int", False, "3"),
     ("TransactionMessageRetryInterval", "int", False, "60"),
     ("GetConfigurationMaxKeys", "int", True, "50"),
     ("NumberOfConnectors", "int", True, "1"),
-    ("SupportedFeatureProfiles", "csl", True, "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"),
+    ("SupportedFeatureProfiles", "csl", True, "Core,LocalAuthListManagement,Reservation,RemoteTrigger"),
     ("SupportedFeatureProfilesMaxLength", "int", True, "6"),
     ("ConnectorPhaseRotation", "csl", False, "0.RST,1.RST"),
     ("ConnectorPhaseRotationMaxLength", "int", True, "10"),
     ("ResetRetries", "int", False, "3"),
     ("WebSocketPingInterval", "int", False, "60"),
-    ("MinimumStatusDuration", "int", False, "0"),
-    ("BlinkRepeat", "int", False, "3"),
-    ("LightIntensity", "int", False, "50"),
+    ("MinimumStatusDuration", "int", True, "0"),
     ("LocalAuthListEnabled", "bool", False, "true"),
     ("LocalAuthListMaxLength", "int", True, "1000"),
     ("SendLocalListMaxLength", "int", True, "100"),
     ("ReserveConnectorZeroSupported", "bool", True, "false"),
-    ("ChargeProfileMaxStackLevel", "int", True, "10"),
-    ("ChargingScheduleAllowedChargingRateUnit", "csl", True, "Current,Power"),
-    ("ChargingScheduleMaxPeriods", "int", True, "24"),
-    ("MaxChargingProfilesInstalled", "int", True, "10"),
-    ("ConnectorSwitch3to1PhaseSupported", "bool", True, "false"),
-    ("SecurityProfile", "int", False, "0"),
+    ("SecurityProfile", "int", True, "0"),
     ("AuthorizationKey", "str", False, ""),
     ("CpoName", "str", False, ""),
 ]
@@ -76,6 +69,21 @@ REQUIRED_CORE = [
     "TransactionMessageRetryInterval", "GetConfigurationMaxKeys", "NumberOfConnectors", "SupportedFeatureProfiles",
     "ConnectorPhaseRotation", "ResetRetries",
 ]  # fmt: skip
+# Keys this firmware does not act on, so it does not offer them (a CSMS gets NotSupported, not a fake Accepted):
+# SmartCharging is not implemented yet; there is no indicator control over OCPP yet.
+SMART_CHARGING_KEYS = [
+    "ChargeProfileMaxStackLevel", "ChargingScheduleAllowedChargingRateUnit", "ChargingScheduleMaxPeriods",
+    "MaxChargingProfilesInstalled", "ConnectorSwitch3to1PhaseSupported",
+]  # fmt: skip
+REMOVED_KEYS = [*SMART_CHARGING_KEYS, "BlinkRepeat", "LightIntensity"]
+# Read-only because changing them is not implemented: a ChangeConfiguration must be Rejected, never faked.
+NOT_WRITABLE = [
+    ("StopTransactionOnEVSideDisconnect", "false"),
+    ("UnlockConnectorOnEVSideDisconnect", "false"),
+    ("MinimumStatusDuration", "5"),
+    ("SecurityProfile", "1"),
+    ("SecurityProfile", "0"),
+]
 
 
 def make(**kwargs: object) -> tuple[Configuration, MemoryKeyStorage]:
@@ -103,7 +111,7 @@ def test_required_core_keys_are_core_profile() -> None:
         assert specs[name].profile == "Core", name
     assert specs["LocalAuthListEnabled"].profile == "LocalAuthListManagement"
     assert specs["ReserveConnectorZeroSupported"].profile == "Reservation"
-    assert specs["ChargeProfileMaxStackLevel"].profile == "SmartCharging"
+    assert not any(k.profile == "SmartCharging" for k in KEYS)
     assert {specs[n].profile for n in ("SecurityProfile", "AuthorizationKey", "CpoName")} == {"Security"}
     assert [k.name for k in KEYS if k.secret] == ["AuthorizationKey"]
     assert not any(k.reboot_required for k in KEYS)
@@ -113,7 +121,8 @@ def test_units() -> None:
     specs = {k.name: k for k in KEYS}
     assert specs["HeartbeatInterval"].unit == "s"
     assert specs["MaxEnergyOnInvalidId"].unit == "Wh"
-    assert specs["LightIntensity"].unit == "%"
+    assert specs["ResetRetries"].unit == "times"
+    assert specs["MinimumStatusDuration"].unit == "s"
 
 
 def test_typed_getters() -> None:
@@ -123,7 +132,14 @@ def test_typed_getters() -> None:
     assert config.get_bool("LocalPreAuthorize") is False
     assert config.get_list("MeterValuesSampledData") == ["Energy.Active.Import.Register"]
     assert config.get_list("StopTxnSampledData") == []
-    assert config.get_list("ChargingScheduleAllowedChargingRateUnit") == ["Current", "Power"]
+    assert config.get_list("SupportedFeatureProfiles") == [
+        "Core",
+        "LocalAuthListManagement",
+        "Reservation",
+        "RemoteTrigger",
+    ]
+    assert config.get_bool("StopTransactionOnEVSideDisconnect") is True
+    assert config.get_int("SecurityProfile") == 0
     assert config.get_str("CpoName") == ""
     assert config.get_int("heartbeatinterval") == 300  # key names are CiString
     with pytest.raises(TypeError):
@@ -140,6 +156,75 @@ def test_key_table_markdown() -> None:
     assert "| HeartbeatInterval | int (s) | RW | `300` | Core |" in lines
     assert "| NumberOfConnectors | int | R | `1` | Core |" in lines
     assert "| AuthorizationKey | str | W |  | Security |" in lines
+    assert "| SecurityProfile | int | R | `0` | Security |" in lines
+    assert "| MinimumStatusDuration | int (s) | R | `0` | Core |" in lines
+    assert "| StopTransactionOnEVSideDisconnect | bool | R | `true` | Core |" in lines
+    assert "| UnlockConnectorOnEVSideDisconnect | bool | R | `true` | Core |" in lines
+    assert (
+        "| SupportedFeatureProfiles | csl | R | `Core,LocalAuthListManagement,Reservation,RemoteTrigger` | Core |"
+        in lines
+    )
+    assert "SmartCharging" not in table
+    for name in REMOVED_KEYS:
+        assert f"| {name} |" not in table
+
+
+# ── only what is implemented is offered ─────────────────────────────────────────────────────────────────
+def test_supported_feature_profiles_lists_only_implemented_profiles() -> None:
+    config, _ = make()
+    profiles = config.get_list("SupportedFeatureProfiles")
+    assert profiles == ["Core", "LocalAuthListManagement", "Reservation", "RemoteTrigger"]
+    assert "SmartCharging" not in profiles and "FirmwareManagement" not in profiles
+    assert config.change("SupportedFeatureProfiles", "Core,SmartCharging") == "Rejected"
+    assert config.get_list("SupportedFeatureProfiles") == profiles
+
+
+def test_smart_charging_profile_name_stays_valid() -> None:
+    # The SmartCharging keys return in a later release; the profile name must remain usable for them.
+    spec = KeySpec("ChargeProfileMaxStackLevel", "int", True, "10", "SmartCharging", validator=IntRange(0, 100))
+    config, _ = make(specs=(*KEYS, spec))
+    assert config.spec("ChargeProfileMaxStackLevel").profile == "SmartCharging"
+    assert config.get_int("ChargeProfileMaxStackLevel") == 10
+
+
+@pytest.mark.parametrize("name", REMOVED_KEYS)
+def test_removed_keys_are_not_supported(name: str) -> None:
+    config, storage = make()
+    assert config.change(name, "1") == "NotSupported"
+    assert config.change(name.lower(), "true") == "NotSupported"
+    known, unknown = config.get_configuration([name, "HeartbeatInterval"])
+    assert known == [{"key": "HeartbeatInterval", "readonly": False, "value": "300"}]
+    assert unknown == [name]
+    everything, _ = config.get_configuration()
+    assert name not in {entry["key"] for entry in everything}
+    assert name not in {d["name"] for d in config.describe()}
+    with pytest.raises(KeyError):
+        config.raw(name)
+    assert storage.values == {}
+
+
+def test_removed_keys_ignored_in_storage_and_refused_as_overrides() -> None:
+    storage = MemoryKeyStorage({"BlinkRepeat": "5", "LightIntensity": "80", "ChargeProfileMaxStackLevel": "3"})
+    config = Configuration(storage)
+    assert all(config.change(name, "1") == "NotSupported" for name in REMOVED_KEYS)
+    with pytest.raises(ValueError):
+        Configuration(MemoryKeyStorage(), overrides={"LightIntensity": "80"})
+
+
+@pytest.mark.parametrize(("name", "value"), NOT_WRITABLE)
+def test_unimplemented_writable_behaviour_is_read_only(name: str, value: str) -> None:
+    config, storage = make()
+    seen: list[tuple[str, object]] = []
+    config.subscribe(lambda k, v: seen.append((k, v)))
+    before = config.raw(name)
+    assert config.spec(name).readonly
+    assert config.change(name, value) == "Rejected"
+    assert config.change(name, before) == "Rejected"
+    assert config.raw(name) == before
+    known, _ = config.get_configuration([name])
+    assert known == [{"key": name, "readonly": True, "value": before}]
+    assert storage.values == {}
+    assert seen == []
 
 
 # ── ChangeConfiguration ─────────────────────────────────────────────────────────────────────────────────
@@ -173,7 +258,8 @@ def test_change_read_only_rejected(name: str) -> None:
         ("HeartbeatInterval", "+300"),
         ("HeartbeatInterval", "1_000"),
         ("HeartbeatInterval", "٣٠٠"),  # Arabic-Indic digits: Python's int() would take them
-        ("LightIntensity", "101"),
+        ("ResetRetries", "11"),
+        ("ResetRetries", "-1"),
         ("LocalAuthorizeOffline", "yes"),
         ("LocalAuthorizeOffline", "1"),
         ("LocalAuthorizeOffline", "true "),
@@ -187,6 +273,7 @@ def test_change_read_only_rejected(name: str) -> None:
         ("ConnectorPhaseRotation", "RST"),
         ("SecurityProfile", "4"),
         ("SecurityProfile", "-1"),
+        ("SecurityProfile", "2"),
         ("AuthorizationKey", "short"),
         ("AuthorizationKey", "x" * 41),
         ("AuthorizationKey", ""),
@@ -262,8 +349,8 @@ def test_failing_listener_does_not_break_change(caplog: pytest.LogCaptureFixture
     seen: list[tuple[str, object]] = []
     config.subscribe(broken)
     config.subscribe(lambda k, v: seen.append((k, v)))
-    assert config.change("BlinkRepeat", "5") == "Accepted"
-    assert seen == [("BlinkRepeat", 5)]
+    assert config.change("ResetRetries", "5") == "Accepted"
+    assert seen == [("ResetRetries", 5)]
     assert "listener failed" in caplog.text
 
 
@@ -300,17 +387,24 @@ def test_measurand_list_max_length() -> None:
     assert small.change("MeterValuesSampledData", "Voltage,Current.Import") == "Accepted"
 
 
-def test_security_profile_can_only_be_raised() -> None:
-    config, storage = make()
-    assert config.change("SecurityProfile", "2") == "Accepted"
-    assert config.change("SecurityProfile", "1") == "Rejected"
-    assert config.change("SecurityProfile", "0") == "Rejected"
-    assert config.change("SecurityProfile", "2") == "Accepted"
-    assert config.change("SecurityProfile", "3") == "Accepted"
-    assert config.get_int("SecurityProfile") == 3
-    again = Configuration(storage, overrides={"SecurityProfile": "1"})
-    assert again.get_int("SecurityProfile") == 3  # a persisted raise survives a lower installer value
-    assert again.change("SecurityProfile", "2") == "Rejected"
+def test_security_profile_comes_from_the_installer_and_cannot_be_changed_over_ocpp() -> None:
+    # Switching profiles over OCPP is not implemented: the installer sets it in config.toml [ocpp].
+    storage = MemoryKeyStorage({"SecurityProfile": "3"})  # e.g. persisted by an older firmware
+    config = Configuration(storage, overrides={"SecurityProfile": "2"})
+    assert config.get_int("SecurityProfile") == 2  # the installer value wins; the stored one is ignored
+    for value in ("0", "1", "2", "3"):
+        assert config.change("SecurityProfile", value) == "Rejected"
+    assert config.get_int("SecurityProfile") == 2
+    assert storage.values == {"SecurityProfile": "3"}
+    known, _ = config.get_configuration(["SecurityProfile"])
+    assert known == [{"key": "SecurityProfile", "readonly": True, "value": "2"}]
+    assert Configuration(MemoryKeyStorage()).get_int("SecurityProfile") == 0
+
+
+@pytest.mark.parametrize("value", ["4", "-1", "x", ""])
+def test_bad_security_profile_override_raises(value: str) -> None:
+    with pytest.raises(ValueError):
+        Configuration(MemoryKeyStorage(), overrides={"SecurityProfile": value})
 
 
 # ── persistence and overrides ───────────────────────────────────────────────────────────────────────────
@@ -335,6 +429,8 @@ def test_bad_stored_values_ignored() -> None:
             "RetiredKey": "1",
             "MeterValuesSampledData": "Temperature",  # the meter no longer provides it
             "ClockAlignedDataInterval": "900",
+            "StopTransactionOnEVSideDisconnect": "false",  # read-only now: an earlier write is not honoured
+            "LightIntensity": "80",  # removed key
         }
     )
     config = Configuration(storage)
@@ -342,6 +438,7 @@ def test_bad_stored_values_ignored() -> None:
     assert config.get_int("NumberOfConnectors") == 1
     assert config.get_list("MeterValuesSampledData") == ["Energy.Active.Import.Register"]
     assert config.get_int("ClockAlignedDataInterval") == 900
+    assert config.get_bool("StopTransactionOnEVSideDisconnect") is True
 
 
 def test_overrides_applied_not_persisted() -> None:
@@ -416,7 +513,7 @@ def test_get_configuration_max_keys_truncation() -> None:
     assert unknown == ["Nope"]
     default, _ = make()
     known, _ = default.get_configuration([*names, *names])
-    assert len(known) == len(KEYS)  # 46 keys <= 50
+    assert len(known) == len(KEYS)  # 39 keys <= 50
     assert len(KEYS) <= default.get_int("GetConfigurationMaxKeys")
 
 
@@ -464,7 +561,7 @@ def test_describe() -> None:
 
 
 # ── properties ──────────────────────────────────────────────────────────────────────────────────────────
-KEY_NAMES = st.sampled_from([k.name for k in KEYS]) | st.text(max_size=60)
+KEY_NAMES = st.sampled_from([k.name for k in KEYS]) | st.sampled_from(REMOVED_KEYS) | st.text(max_size=60)
 STATUSES = {"Accepted", "Rejected", "RebootRequired", "NotSupported"}
 
 
@@ -476,6 +573,8 @@ def test_change_never_raises_and_rejected_changes_nothing(key: str, value: str) 
     before = {name: config.raw(name) for name in names}
     status = config.change(key, value)
     assert status in STATUSES
+    if key.lower() in {name.lower() for name in REMOVED_KEYS}:
+        assert status == "NotSupported"
     after = {name: config.raw(name) for name in names}
     if status in ("Rejected", "NotSupported"):
         assert after == before
@@ -488,7 +587,7 @@ def test_change_never_raises_and_rejected_changes_nothing(key: str, value: str) 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    key=st.sampled_from([k.name for k in KEYS if k.kind == "int" and not k.readonly and k.name != "SecurityProfile"]),
+    key=st.sampled_from([k.name for k in KEYS if k.kind == "int" and not k.readonly]),
     n=st.integers(min_value=-(10**12), max_value=10**12),
 )
 def test_integers_round_trip(key: str, n: int) -> None:
@@ -503,10 +602,23 @@ def test_integers_round_trip(key: str, n: int) -> None:
         assert Configuration(storage).get_int(key) == n
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from([k.name for k in KEYS if k.readonly]),
+    value=st.text(max_size=40) | st.integers().map(str) | st.sampled_from(["true", "false", "0", "1", "2", "3"]),
+)
+def test_read_only_keys_never_change(key: str, value: str) -> None:
+    config, storage = make()
+    before = config.raw(key)
+    assert config.change(key, value) == "Rejected"
+    assert config.raw(key) == before
+    assert storage.values == {}
+
+
 @settings(max_examples=100, deadline=None)
-@given(n=st.integers(min_value=0, max_value=3), m=st.integers(min_value=0, max_value=3))
-def test_security_profile_monotonic(n: int, m: int) -> None:
-    config, _ = make()
-    assert config.change("SecurityProfile", str(n)) == "Accepted"
-    assert config.change("SecurityProfile", str(m)) == ("Accepted" if m >= n else "Rejected")
-    assert config.get_int("SecurityProfile") == max(n, m)
+@given(installed=st.integers(min_value=0, max_value=3), requested=st.integers(min_value=-1, max_value=4))
+def test_security_profile_stays_the_installer_value(installed: int, requested: int) -> None:
+    config, storage = make(overrides={"SecurityProfile": str(installed)})
+    assert config.change("SecurityProfile", str(requested)) == "Rejected"
+    assert config.get_int("SecurityProfile") == installed
+    assert storage.values == {}

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,65 +20,31 @@ import pytest
 from csms.central import TestCentralSystem
 from csms.fixtures import central_system  # noqa: F401
 from ocpp.v16 import call
+from ocpp_harness import OcppHarness
 
 from firmware import cli
 from firmware.apiclient import ApiClient
-from firmware.app import ChargePointApp, demo_settings
 from firmware.charging.connector import Status
-from firmware.config import Settings, default_settings
-from firmware.ocpp.connection import Backoff
-from hal.clock import FakeClock
 
 CP = "CP-RES"
 CARD = "04A1B2C3"
 EVSE = [sys.executable, "-m", "firmware"]
 
 
-def settings_for(url: str, work: Path, mode: str = "ocpp") -> Settings:
-    s = demo_settings(default_settings(), work)
-    return replace(s, charger=replace(s.charger, id=CP), ocpp=replace(s.ocpp, url=url), auth=replace(s.auth, mode=mode))
-
-
-class Harness:
+class Harness(OcppHarness[TestCentralSystem]):
     """The whole charge point in-process, on a FakeClock, against the ``ocpp``-package CSMS."""
 
     def __init__(self, csms: TestCentralSystem, *, response_timeout_s: float = 2.0, work: Path | None = None) -> None:
-        self.csms = csms
-        self.work = work or Path(tempfile.mkdtemp(prefix="evse-res-", dir="/tmp"))
-        self.clock = FakeClock()
-        self.app = ChargePointApp(
-            settings_for(csms.url, self.work),
-            clock=self.clock,
-            sim_tick_s=0.005,
-            meter_interval_s=0.01,
-            ocpp_response_timeout_s=response_timeout_s,
-            ocpp_backoff=Backoff(initial_s=0.02, maximum_s=0.1),
+        super().__init__(
+            csms,
+            CP,
+            response_timeout_s=response_timeout_s,
+            work=work,
+            work_prefix="evse-res-",
+            serve_api=False,
+            ready=lambda: csms.count("StatusNotification") >= 2,
+            close_timeout_s=10,
         )
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def sim(self) -> Any:
-        assert self.app.sim is not None
-        return self.app.sim
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.app.run(self.stop, serve_api=False))
-        await self.csms.wait_for(lambda: self.app.ocpp.service.online)
-        await self.csms.wait_for(lambda: self.csms.count("StatusNotification") >= 2)
-
-    async def close(self) -> None:
-        self.stop.set()
-        if self.task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.task, 10)
-
-    async def advance(self, seconds: float, dt: float = 0.1) -> None:
-        for _ in range(round(seconds / dt)):
-            self.clock.advance(dt)
-            self.sim.tick()
-            self.app.controller.wake()
-            await asyncio.sleep(0.002)
 
     async def start_session(self, card: str = CARD) -> None:
         self.sim.plug()

@@ -10,7 +10,6 @@ import asyncio
 import json
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,60 +17,18 @@ from typing import Any
 import pytest
 from csms.fixtures import strict_csms_fixture  # noqa: F401
 from csms.strict import StrictCentralSystem
+from ocpp_harness import OcppHarness
 
-from firmware.app import ChargePointApp, demo_settings
 from firmware.charging.connector import Status
-from firmware.config import Settings, default_settings
-from firmware.ocpp.connection import Backoff
-from hal.clock import FakeClock
 
 CP = "CP-STRICT"
 CARD = "04A1B2C3"
 MEASURANDS = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,Current.Offered"
 
 
-def settings_for(url: str, work: Path) -> Settings:
-    s = demo_settings(default_settings(), work)
-    return replace(
-        s, charger=replace(s.charger, id=CP), ocpp=replace(s.ocpp, url=url), auth=replace(s.auth, mode="ocpp")
-    )
-
-
-class StrictHarness:
+class StrictHarness(OcppHarness[StrictCentralSystem]):
     def __init__(self, csms: StrictCentralSystem, work: Path) -> None:
-        self.csms = csms
-        self.clock = FakeClock()
-        self.app = ChargePointApp(
-            settings_for(csms.url, work),
-            clock=self.clock,
-            sim_tick_s=0.005,
-            meter_interval_s=0.01,
-            ocpp_response_timeout_s=5.0,
-            ocpp_backoff=Backoff(initial_s=0.02, maximum_s=0.1),
-        )
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def sim(self) -> Any:
-        assert self.app.sim is not None
-        return self.app.sim
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.app.run(self.stop, serve_api=False))
-        await self.csms.wait_for(lambda: self.app.ocpp.service.online)
-
-    async def close(self) -> None:
-        self.stop.set()
-        if self.task is not None:
-            await self.task
-
-    async def advance(self, seconds: float, dt: float = 0.1) -> None:
-        for _ in range(round(seconds / dt)):
-            self.clock.advance(dt)
-            self.sim.tick()
-            self.app.controller.wake()
-            await asyncio.sleep(0.002)
+        super().__init__(csms, CP, response_timeout_s=5.0, work=work, serve_api=False)
 
     async def call(self, action: str, payload: dict[str, Any]) -> Any:
         return await self.csms.call(CP, action, payload, timeout=10.0)

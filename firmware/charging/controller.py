@@ -97,6 +97,8 @@ class ChargingController:
         self.connector = Connector()
         self.governor = DutyGovernor()
         self.supervisor = ContactorSupervisor(settings.feedback_timeout_s)
+        #: Authorization without an EV expires after this (OCPP ConnectionTimeOut may change it).
+        self.connection_timeout_s = settings.connection_timeout_s
         self.letter: Letter = "A"
         self.diode_verified = False
         self.faults: frozenset[str] = frozenset()
@@ -192,7 +194,7 @@ class ChargingController:
             trip_faults=frozenset(trip),
             limit_a=limit,
             ventilation_allowed=self.settings.ventilation_allowed,
-            connection_timeout_s=self.settings.connection_timeout_s,
+            connection_timeout_s=self.connection_timeout_s,
             monotonic=now,
             wall=self.clock.now(),
         )

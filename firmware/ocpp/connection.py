@@ -421,6 +421,9 @@ class OcppConnection:
                 await ws.close(code, _truncate_utf8(reason, _MAX_CLOSE_REASON_BYTES))
         except Exception:  # TimeoutError included
             ws.transport.abort()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None  # 3.11 can turn a cancel into the timeout's TimeoutError
 
     async def _attempt(self, session: Callable[[WebSocketLike], Awaitable[None]]) -> bool:
         """One connection attempt and, if it opens, one session. True if it lasted ≥ min_stable_s."""

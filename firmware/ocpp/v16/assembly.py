@@ -83,8 +83,19 @@ def build(
     configuration = Configuration(
         StoreKeyStorage(kv),
         supported_measurands=SUPPORTED_MEASURANDS,
-        overrides={"NumberOfConnectors": "1", "SecurityProfile": str(settings.ocpp.security_profile)},
+        overrides={
+            "NumberOfConnectors": "1",
+            "SecurityProfile": str(settings.ocpp.security_profile),
+            "ConnectionTimeOut": str(settings.charger.connection_timeout_s),
+        },
     )
+    controller.connection_timeout_s = float(configuration.get_int("ConnectionTimeOut"))
+
+    def on_key_changed(key: str, value: object) -> None:
+        if key == "ConnectionTimeOut" and isinstance(value, int):
+            controller.connection_timeout_s = float(value)
+
+    configuration.subscribe(on_key_changed)
     outbox = Outbox(
         store,
         wall=lambda: clock.now().timestamp(),

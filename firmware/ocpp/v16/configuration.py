@@ -108,17 +108,6 @@ class IntRange:
 
 
 @dataclass(frozen=True)
-class NoDowngrade:
-    """The value may be raised or kept but never lowered (SecurityProfile, whitepaper A00.FR.005)."""
-
-    def __call__(self, value: Value, ctx: ValidationContext) -> Value:
-        assert isinstance(value, int)
-        if ctx.current is not None and value < int(ctx.current):
-            raise InvalidValue(f"{value} is lower than the current {ctx.current}; downgrading is forbidden")
-        return value
-
-
-@dataclass(frozen=True)
 class AllOf:
     validators: tuple[Validator, ...]
 
@@ -275,7 +264,6 @@ KEYS: Final[tuple[KeySpec, ...]] = (
     _bool("AllowOfflineTxForUnknownId", False, doc="start a transaction offline for an idTag not known locally"),
     _bool("AuthorizationCacheEnabled", True, doc="the authorization cache is used"),
     _bool("AuthorizeRemoteTxRequests", False, doc="authorize RemoteStartTransaction idTags before starting"),
-    _int("BlinkRepeat", 3, 0, 100, unit="times", doc="blink cycles of the indicator when signalling"),
     _int("ClockAlignedDataInterval", 0, 0, _DAY, unit="s", doc="clock-aligned meter value interval; 0 = off"),
     _int("ConnectionTimeOut", 60, 1, 3600, unit="s", doc="Preparing -> Available when no EV is plugged in within"),
     KeySpec(
@@ -290,17 +278,29 @@ KEYS: Final[tuple[KeySpec, ...]] = (
     _ro_int("ConnectorPhaseRotationMaxLength", 10, doc="maximum number of items in ConnectorPhaseRotation"),
     _ro_int("GetConfigurationMaxKeys", 50, doc="maximum number of keys in one GetConfiguration.req"),
     _int("HeartbeatInterval", 300, 1, _DAY, unit="s", doc="inactivity after which a Heartbeat is sent"),
-    _int("LightIntensity", 50, 0, 100, unit="%", doc="indicator brightness"),
     _bool("LocalAuthorizeOffline", True, doc="start transactions offline for locally authorized idTags"),
     _bool("LocalPreAuthorize", False, doc="start online for locally authorized idTags without Authorize.conf"),
     _int("MaxEnergyOnInvalidId", 0, 0, INT32_MAX, unit="Wh", doc="energy allowed after an idTag turns invalid"),
     *_measurand_keys("MeterValuesAlignedData", "Energy.Active.Import.Register", "clock-aligned measurands"),
     *_measurand_keys("MeterValuesSampledData", "Energy.Active.Import.Register", "sampled measurands"),
     _int("MeterValueSampleInterval", 60, 0, _DAY, unit="s", doc="sampled meter value interval; 0 = off"),
-    _int("MinimumStatusDuration", 0, 0, 3600, unit="s", doc="a status must last this long before it is sent"),
+    _int(
+        "MinimumStatusDuration",
+        0,
+        0,
+        3600,
+        readonly=True,
+        unit="s",
+        doc="statuses are sent at once; changing it over OCPP is not implemented",
+    ),
     _ro_int("NumberOfConnectors", 1, doc="physical connectors of this charge point"),
     _int("ResetRetries", 3, 0, 10, unit="times", doc="reset attempts when a reset fails"),
-    _bool("StopTransactionOnEVSideDisconnect", True, doc="stop the transaction when the EV unplugs"),
+    _bool(
+        "StopTransactionOnEVSideDisconnect",
+        True,
+        readonly=True,
+        doc="a transaction always ends when the EV unplugs (libocpp also reports it read-only)",
+    ),
     _bool("StopTransactionOnInvalidId", True, doc="stop when StartTransaction.conf is not Accepted"),
     *_measurand_keys("StopTxnAlignedData", "", "clock-aligned measurands in StopTransaction.req"),
     *_measurand_keys("StopTxnSampledData", "", "sampled measurands in StopTransaction.req"),
@@ -308,7 +308,7 @@ KEYS: Final[tuple[KeySpec, ...]] = (
         "SupportedFeatureProfiles",
         "csl",
         True,
-        "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger",
+        "Core,LocalAuthListManagement,Reservation,RemoteTrigger",
         doc="feature profiles this charge point supports",
         validator=Members(FEATURE_PROFILES),
         max_length=len(FEATURE_PROFILES),
@@ -318,7 +318,12 @@ KEYS: Final[tuple[KeySpec, ...]] = (
     ),
     _int("TransactionMessageAttempts", 3, 0, 100, unit="times", doc="tries for a transaction message"),
     _int("TransactionMessageRetryInterval", 60, 0, _DAY, unit="s", doc="wait x n before the n-th retransmission"),
-    _bool("UnlockConnectorOnEVSideDisconnect", True, doc="unlock the connector when the EV unplugs"),
+    _bool(
+        "UnlockConnectorOnEVSideDisconnect",
+        True,
+        readonly=True,
+        doc="there is no lock actuator: the connector is never locked",
+    ),
     _int("WebSocketPingInterval", 60, 0, _DAY, unit="s", doc="WebSocket ping interval; 0 = off; next connection"),
     # ── LocalAuthListManagement (1.6 §9.2) ──────────────────────────────────────────────────────────────
     _bool("LocalAuthListEnabled", True, doc="the local authorization list is used", profile="LocalAuthListManagement"),
@@ -328,36 +333,16 @@ KEYS: Final[tuple[KeySpec, ...]] = (
     _bool(
         "ReserveConnectorZeroSupported", False, readonly=True, doc="connector 0 can be reserved", profile="Reservation"
     ),
-    # ── SmartCharging (1.6 §9.4) ────────────────────────────────────────────────────────────────────────
-    _ro_int("ChargeProfileMaxStackLevel", 10, doc="highest stackLevel accepted", profile="SmartCharging"),
-    KeySpec(
-        "ChargingScheduleAllowedChargingRateUnit",
-        "csl",
-        True,
-        "Current,Power",
-        "SmartCharging",
-        doc="units a schedule may use",
-        validator=Members(frozenset({"Current", "Power"})),
-        max_length=2,
-    ),
-    _ro_int("ChargingScheduleMaxPeriods", 24, doc="periods per schedule", profile="SmartCharging"),
-    _bool(
-        "ConnectorSwitch3to1PhaseSupported",
-        False,
-        readonly=True,
-        doc="can switch 3 <-> 1 phase during a tx",
-        profile="SmartCharging",
-    ),
-    _ro_int("MaxChargingProfilesInstalled", 10, doc="charging profiles installed at once", profile="SmartCharging"),
+    # SmartCharging (1.6 §9.4) is not implemented yet: no keys, and not listed in SupportedFeatureProfiles.
     # ── Security whitepaper ed. 2 ───────────────────────────────────────────────────────────────────────
     KeySpec(
         "SecurityProfile",
         "int",
-        False,
+        True,
         "0",
         "Security",
-        doc="0 none, 1 Basic auth, 2 +TLS, 3 TLS client cert; may only be raised",
-        validator=AllOf((IntRange(0, 3), NoDowngrade())),
+        doc="0 none, 1 Basic auth, 2 +TLS, 3 TLS client cert; set by the installer in config.toml [ocpp]",
+        validator=IntRange(0, 3),
     ),
     KeySpec(
         "AuthorizationKey",

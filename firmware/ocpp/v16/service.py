@@ -13,14 +13,14 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
-from firmware.auth import AuthStatus
+from firmware.aio import wait_event
 from firmware.auth.ocpp import IdTagInfo, IdTagTable
 from firmware.charging.connector import Reservation, Status, StatusChanged, StopReason
 from firmware.charging.controller import ChargingController, ControllerEvent, FaultsChanged
@@ -29,14 +29,13 @@ from firmware.ocpp.connection import OcppConnection
 from firmware.ocpp.outbox import Outbox
 from firmware.ocpp.v16.configuration import Configuration
 from firmware.ocpp.v16.link import CentralSystemLink
-from firmware.ocpp.v16.meter_values import iso, meter_value
-from firmware.session import SessionManager, SessionRecord
+from firmware.ocpp.v16.meter_values import iso
+from firmware.ocpp.v16.transactions import CONNECTOR, TransactionReporter
+from firmware.session import SessionManager
 from hal.clock import Clock
-from hal.interfaces import MeterReading
 
 log = logging.getLogger("firmware.ocpp")
 
-CONNECTOR: Final = 1
 #: OCPP 1.6 ChargePointErrorCode for each fault, most important first.
 ERROR_CODES: Final = (
     ("rcd", "GroundFailure"),
@@ -72,13 +71,6 @@ def snake_keys(data: Any) -> Any:
     if isinstance(data, list):
         return [snake_keys(v) for v in data]
     return data
-
-
-def next_boundary(now: datetime, interval_s: int) -> datetime:
-    """The next instant after ``now`` that is a whole multiple of ``interval_s`` since 00:00 UTC."""
-    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    elapsed = (now - midnight).total_seconds()
-    return midnight + timedelta(seconds=(int(elapsed // interval_s) + 1) * interval_s)
 
 
 def error_code(faults: frozenset[str]) -> tuple[str, str | None]:
@@ -129,13 +121,22 @@ class OcppService:
         self._scheduled_availability: str | None = None
         self._pending_remote_start: str | None = None
         self._last_heartbeat = 0.0
-        #: Clock-aligned samples of the running transaction, for StopTxnAlignedData.
-        self._aligned_for_stop: list[dict[str, Any]] = []
-        #: (transaction ref, register Wh at which to stop) after an idTag was found invalid (MaxEnergyOnInvalidId).
-        self._energy_cap: tuple[int, float] | None = None
+        self.transactions = TransactionReporter(
+            outbox=outbox,
+            configuration=configuration,
+            sessions=sessions,
+            sampler=sampler,
+            controller=controller,
+            clock=clock,
+            kick=self._kick.set,
+        )
+        # The reporter's entry points, under the names the app and the tests use.
+        self.sample_meter_values = self.transactions.sample_meter_values
+        self.clock_aligned_sample = self.transactions.clock_aligned_sample
+        self.on_meter_reading = self.transactions.on_meter_reading
+        self.run_sampling = self.transactions.run_sampling
+        self.run_clock_aligned = self.transactions.run_clock_aligned
         controller.add_listener(self._on_controller_event)
-        sessions.on_session_started(self._on_session_started)
-        sessions.on_session_finished(self._on_session_finished)
 
     # ---- state --------------------------------------------------------------------------
     @property
@@ -153,7 +154,7 @@ class OcppService:
 
     # ---- running ------------------------------------------------------------------------
     async def run(self) -> None:
-        await self._recover_power_loss()
+        await self.transactions.recover_power_loss()
         await self.connection.run(self._session)
 
     async def _session(self, ws: Any) -> None:
@@ -197,9 +198,7 @@ class OcppService:
                 continue
             await self._heartbeat_if_due(link)
             self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._idle_wait()):  # wait_for can swallow a cancel on 3.11
-                    await self._kick.wait()
+            await wait_event(self._kick, self._idle_wait())
 
     def _idle_wait(self) -> float:
         interval = max(1, self.configuration.get_int("HeartbeatInterval"))
@@ -280,130 +279,6 @@ class OcppService:
             self._kick.set()
 
     # ---- transactions -----------------------------------------------------------------------
-    def _on_session_started(self, record: SessionRecord) -> None:
-        self._aligned_for_stop = []
-        meter_start = record.meter_start_wh or 0.0
-        ref = self.outbox.begin_transaction(
-            CONNECTOR, record.id_tag, meter_start, record.started_at, reservation_id=record.reservation_id
-        )
-        record.transaction_ref = ref
-        payload: dict[str, Any] = {
-            "connectorId": CONNECTOR,
-            "idTag": record.id_tag,
-            "meterStart": round(meter_start),
-            "timestamp": iso(record.started_at),
-        }
-        if record.reservation_id is not None:
-            payload["reservationId"] = record.reservation_id
-        self.outbox.enqueue("StartTransaction", payload, transaction_ref=ref)
-        self._kick.set()
-
-    def _on_session_finished(self, record: SessionRecord) -> None:
-        ref = record.transaction_ref
-        if ref is None:
-            return
-        stopped = record.stopped_at or self.clock.now()
-        meter_stop = record.meter_stop_wh if record.meter_stop_wh is not None else (record.meter_start_wh or 0.0)
-        self.outbox.end_transaction(ref, meter_stop, stopped, record.stop_reason or "Other")
-        self._enqueue_stop(ref, meter_stop, stopped, record.stop_reason or "Other", record.id_tag)
-
-    def _enqueue_stop(self, ref: int, meter_stop: float, stopped: datetime, reason: str, id_tag: str | None) -> None:
-        payload: dict[str, Any] = {
-            "transactionId": 0,
-            "meterStop": round(meter_stop),
-            "timestamp": iso(stopped),
-            "reason": reason,
-        }
-        if id_tag:
-            payload["idTag"] = id_tag
-        data: list[dict[str, Any]] = list(self._aligned_for_stop)
-        self._aligned_for_stop = []
-        measurands = self.configuration.get_list("StopTxnSampledData")
-        latest = self.sampler.latest
-        if measurands and latest is not None:
-            value = meter_value(latest, measurands, stopped, context="Transaction.End")
-            if value is not None:
-                data.append(value)
-        if data:
-            payload["transactionData"] = data
-        self.outbox.enqueue("StopTransaction", payload, transaction_ref=ref)
-        self._kick.set()
-
-    async def _recover_power_loss(self) -> None:
-        """Transactions still open on disk were cut by a power loss: stop them with the meter's register."""
-        open_transactions = self.outbox.open_transactions()
-        register = await self.sampler.register_wh() if open_transactions else None
-        for tx in open_transactions:
-            meter_stop = tx.meter_start_wh
-            if register is not None and register >= tx.meter_start_wh:
-                meter_stop = register
-            else:
-                log.warning("meter register unavailable or behind the transaction start: meterStop = meterStart")
-            now = self.clock.now()
-            log.warning("transaction %s (%s) was cut by a power loss: stopping it", tx.ref, tx.id_tag)
-            self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
-            self._enqueue_stop(tx.ref, meter_stop, now, "PowerLoss", tx.id_tag)
-
-    def sample_meter_values(
-        self,
-        *,
-        context: str = "Sample.Periodic",
-        key: str = "MeterValuesSampledData",
-        at: datetime | None = None,
-        always: bool = False,
-    ) -> None:
-        """Queue one MeterValues: in a transaction it carries the transactionId; otherwise only if ``always``."""
-        record, latest = self.sessions.current, self.sampler.latest
-        in_tx = record is not None and record.transaction_ref is not None
-        if latest is None or not (in_tx or always):
-            return
-        value = meter_value(
-            latest,
-            self.configuration.get_list(key),
-            at or self.clock.now(),
-            context=context,
-            offered_a=self.controller.offered_a,
-        )
-        if value is None:
-            return
-        payload: dict[str, Any] = {"connectorId": CONNECTOR, "meterValue": [value]}
-        if in_tx and record is not None:
-            payload["transactionId"] = 0
-            self.outbox.enqueue("MeterValues", payload, transaction_ref=record.transaction_ref)
-        else:
-            self.outbox.enqueue("MeterValues", payload)
-        self._kick.set()
-
-    async def run_sampling(self) -> None:
-        """Sampled MeterValues every MeterValueSampleInterval during a transaction (0 = off)."""
-        while True:
-            interval = self.configuration.get_int("MeterValueSampleInterval")
-            await asyncio.sleep(interval if interval > 0 else 60)
-            if interval > 0:
-                self.sample_meter_values()
-
-    async def run_clock_aligned(self) -> None:
-        """Clock-aligned MeterValues every ClockAlignedDataInterval, aligned to 00:00 UTC (0 = off)."""
-        while True:
-            interval = self.configuration.get_int("ClockAlignedDataInterval")
-            if interval <= 0:
-                await asyncio.sleep(60)
-                continue
-            now = self.clock.now()
-            boundary = next_boundary(now, interval)
-            await asyncio.sleep(max(0.0, (boundary - now).total_seconds()))
-            self.clock_aligned_sample(boundary)
-
-    def clock_aligned_sample(self, boundary: datetime) -> None:
-        """One aligned reading: a MeterValues now, and kept for StopTransaction per StopTxnAlignedData."""
-        self.sample_meter_values(context="Sample.Clock", key="MeterValuesAlignedData", at=boundary, always=True)
-        stop_measurands = self.configuration.get_list("StopTxnAlignedData")
-        latest = self.sampler.latest
-        if stop_measurands and latest is not None and self.sessions.current is not None:
-            value = meter_value(latest, stop_measurands, boundary, context="Sample.Clock")
-            if value is not None:
-                self._aligned_for_stop.append(value)
-
     async def _send_queued(self, link: CentralSystemLink) -> bool:
         msg = self.outbox.next_due()
         if msg is None:
@@ -422,37 +297,8 @@ class OcppService:
             raise
         response = snake_to_camel_case(dataclasses.asdict(result))
         if self.outbox.delivered(msg.id, response) and msg.action == "StartTransaction":
-            self._check_start_answer(msg.transaction_ref, response)
+            self.transactions.check_start_answer(msg.transaction_ref, response)
         return True
-
-    def _check_start_answer(self, ref: int | None, response: dict[str, Any]) -> None:
-        info = IdTagInfo.from_wire(response.get("idTagInfo") or {})
-        record = self.sessions.current
-        if info.status is AuthStatus.ACCEPTED or record is None or record.transaction_ref != ref:
-            return
-        if self.configuration.get_bool("StopTransactionOnInvalidId"):
-            log.warning("StartTransaction answered %s: stopping the transaction", info.status.value)
-            self.controller.connector.request_stop(StopReason.DEAUTHORIZED, f"idTag {info.status.value}")
-            self.controller.wake()
-            return
-        max_wh = self.configuration.get_int("MaxEnergyOnInvalidId")
-        if max_wh > 0 and ref is not None:
-            start = record.meter_start_wh or 0.0
-            self._energy_cap = (ref, start + max_wh)
-            log.warning("StartTransaction answered %s: charging on for at most %d Wh", info.status.value, max_wh)
-
-    def on_meter_reading(self, reading: MeterReading) -> None:
-        """MaxEnergyOnInvalidId: stop once an invalidated idTag has had its allowance."""
-        cap, record = self._energy_cap, self.sessions.current
-        if cap is None:
-            return
-        if record is None or record.transaction_ref != cap[0]:
-            self._energy_cap = None
-        elif reading.energy_import_wh >= cap[1]:
-            self._energy_cap = None
-            log.warning("MaxEnergyOnInvalidId reached: stopping the transaction")
-            self.controller.connector.request_stop(StopReason.DEAUTHORIZED, "MaxEnergyOnInvalidId reached")
-            self.controller.wake()
 
     async def data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None) -> Any:
         """A charger-initiated DataTransfer (e.g. pricing messages); None when the CSMS is unreachable."""
@@ -588,7 +434,7 @@ class OcppService:
         elif message == "StatusNotification":
             self._status_due.update({connector_id} if connector_id is not None else {0, CONNECTOR})
         elif message == "MeterValues":
-            self.sample_meter_values(context="Trigger", always=True)
+            self.transactions.sample_meter_values(context="Trigger", always=True)
         elif message == "DiagnosticsStatusNotification" and self.link is not None:
             # No diagnostics upload has ever run here: the truthful status is Idle.
             await self._call(self.link, call.DiagnosticsStatusNotification(status="Idle"))

@@ -1,0 +1,217 @@
+"""Transactions as OCPP 1.6 reports them: Start/Stop, sampled and clock-aligned MeterValues, power loss.
+
+Every message goes into the durable outbox; the service sends it. Energy is always the meter's import
+register. Also the idTag verdicts that arrive with StartTransaction.conf (StopTransactionOnInvalidId,
+MaxEnergyOnInvalidId).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from firmware.auth import AuthStatus
+from firmware.auth.ocpp import IdTagInfo
+from firmware.charging.connector import StopReason
+from firmware.charging.controller import ChargingController
+from firmware.metering import MeterSampler
+from firmware.ocpp.outbox import Outbox
+from firmware.ocpp.v16.configuration import Configuration
+from firmware.ocpp.v16.meter_values import iso, meter_value
+from firmware.session import SessionManager, SessionRecord
+from hal.clock import Clock
+from hal.interfaces import MeterReading
+
+log = logging.getLogger("firmware.ocpp")
+
+CONNECTOR: Final = 1
+
+
+def next_boundary(now: datetime, interval_s: int) -> datetime:
+    """The next instant after ``now`` that is a whole multiple of ``interval_s`` since 00:00 UTC."""
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    elapsed = (now - midnight).total_seconds()
+    return midnight + timedelta(seconds=(int(elapsed // interval_s) + 1) * interval_s)
+
+
+class TransactionReporter:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        configuration: Configuration,
+        sessions: SessionManager,
+        sampler: MeterSampler,
+        controller: ChargingController,
+        clock: Clock,
+        kick: Callable[[], None],
+    ) -> None:
+        self.outbox = outbox
+        self.configuration = configuration
+        self.sessions = sessions
+        self.sampler = sampler
+        self.controller = controller
+        self.clock = clock
+        self.kick = kick
+        #: Clock-aligned samples of the running transaction, for StopTxnAlignedData.
+        self._aligned_for_stop: list[dict[str, Any]] = []
+        #: (transaction ref, register Wh at which to stop) after an idTag was found invalid (MaxEnergyOnInvalidId).
+        self._energy_cap: tuple[int, float] | None = None
+        sessions.on_session_started(self.on_session_started)
+        sessions.on_session_finished(self.on_session_finished)
+
+    def on_session_started(self, record: SessionRecord) -> None:
+        self._aligned_for_stop = []
+        meter_start = record.meter_start_wh or 0.0
+        ref = self.outbox.begin_transaction(
+            CONNECTOR, record.id_tag, meter_start, record.started_at, reservation_id=record.reservation_id
+        )
+        record.transaction_ref = ref
+        payload: dict[str, Any] = {
+            "connectorId": CONNECTOR,
+            "idTag": record.id_tag,
+            "meterStart": round(meter_start),
+            "timestamp": iso(record.started_at),
+        }
+        if record.reservation_id is not None:
+            payload["reservationId"] = record.reservation_id
+        self.outbox.enqueue("StartTransaction", payload, transaction_ref=ref)
+        self.kick()
+
+    def on_session_finished(self, record: SessionRecord) -> None:
+        ref = record.transaction_ref
+        if ref is None:
+            return
+        stopped = record.stopped_at or self.clock.now()
+        meter_stop = record.meter_stop_wh if record.meter_stop_wh is not None else (record.meter_start_wh or 0.0)
+        self.outbox.end_transaction(ref, meter_stop, stopped, record.stop_reason or "Other")
+        self._enqueue_stop(ref, meter_stop, stopped, record.stop_reason or "Other", record.id_tag)
+
+    def _enqueue_stop(self, ref: int, meter_stop: float, stopped: datetime, reason: str, id_tag: str | None) -> None:
+        payload: dict[str, Any] = {
+            "transactionId": 0,
+            "meterStop": round(meter_stop),
+            "timestamp": iso(stopped),
+            "reason": reason,
+        }
+        if id_tag:
+            payload["idTag"] = id_tag
+        data: list[dict[str, Any]] = list(self._aligned_for_stop)
+        self._aligned_for_stop = []
+        measurands = self.configuration.get_list("StopTxnSampledData")
+        latest = self.sampler.latest
+        if measurands and latest is not None:
+            value = meter_value(latest, measurands, stopped, context="Transaction.End")
+            if value is not None:
+                data.append(value)
+        if data:
+            payload["transactionData"] = data
+        self.outbox.enqueue("StopTransaction", payload, transaction_ref=ref)
+        self.kick()
+
+    async def recover_power_loss(self) -> None:
+        """Transactions still open on disk were cut by a power loss: stop them with the meter's register."""
+        open_transactions = self.outbox.open_transactions()
+        register = await self.sampler.register_wh() if open_transactions else None
+        for tx in open_transactions:
+            meter_stop = tx.meter_start_wh
+            if register is not None and register >= tx.meter_start_wh:
+                meter_stop = register
+            else:
+                log.warning("meter register unavailable or behind the transaction start: meterStop = meterStart")
+            now = self.clock.now()
+            log.warning("transaction %s (%s) was cut by a power loss: stopping it", tx.ref, tx.id_tag)
+            self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
+            self._enqueue_stop(tx.ref, meter_stop, now, "PowerLoss", tx.id_tag)
+
+    def sample_meter_values(
+        self,
+        *,
+        context: str = "Sample.Periodic",
+        key: str = "MeterValuesSampledData",
+        at: datetime | None = None,
+        always: bool = False,
+    ) -> None:
+        """Queue one MeterValues: in a transaction it carries the transactionId; otherwise only if ``always``."""
+        record, latest = self.sessions.current, self.sampler.latest
+        in_tx = record is not None and record.transaction_ref is not None
+        if latest is None or not (in_tx or always):
+            return
+        value = meter_value(
+            latest,
+            self.configuration.get_list(key),
+            at or self.clock.now(),
+            context=context,
+            offered_a=self.controller.offered_a,
+        )
+        if value is None:
+            return
+        payload: dict[str, Any] = {"connectorId": CONNECTOR, "meterValue": [value]}
+        if in_tx and record is not None:
+            payload["transactionId"] = 0
+            self.outbox.enqueue("MeterValues", payload, transaction_ref=record.transaction_ref)
+        else:
+            self.outbox.enqueue("MeterValues", payload)
+        self.kick()
+
+    async def run_sampling(self) -> None:
+        """Sampled MeterValues every MeterValueSampleInterval during a transaction (0 = off)."""
+        while True:
+            interval = self.configuration.get_int("MeterValueSampleInterval")
+            await asyncio.sleep(interval if interval > 0 else 60)
+            if interval > 0:
+                self.sample_meter_values()
+
+    async def run_clock_aligned(self) -> None:
+        """Clock-aligned MeterValues every ClockAlignedDataInterval, aligned to 00:00 UTC (0 = off)."""
+        while True:
+            interval = self.configuration.get_int("ClockAlignedDataInterval")
+            if interval <= 0:
+                await asyncio.sleep(60)
+                continue
+            now = self.clock.now()
+            boundary = next_boundary(now, interval)
+            await asyncio.sleep(max(0.0, (boundary - now).total_seconds()))
+            self.clock_aligned_sample(boundary)
+
+    def clock_aligned_sample(self, boundary: datetime) -> None:
+        """One aligned reading: a MeterValues now, and kept for StopTransaction per StopTxnAlignedData."""
+        self.sample_meter_values(context="Sample.Clock", key="MeterValuesAlignedData", at=boundary, always=True)
+        stop_measurands = self.configuration.get_list("StopTxnAlignedData")
+        latest = self.sampler.latest
+        if stop_measurands and latest is not None and self.sessions.current is not None:
+            value = meter_value(latest, stop_measurands, boundary, context="Sample.Clock")
+            if value is not None:
+                self._aligned_for_stop.append(value)
+
+    def check_start_answer(self, ref: int | None, response: dict[str, Any]) -> None:
+        info = IdTagInfo.from_wire(response.get("idTagInfo") or {})
+        record = self.sessions.current
+        if info.status is AuthStatus.ACCEPTED or record is None or record.transaction_ref != ref:
+            return
+        if self.configuration.get_bool("StopTransactionOnInvalidId"):
+            log.warning("StartTransaction answered %s: stopping the transaction", info.status.value)
+            self.controller.connector.request_stop(StopReason.DEAUTHORIZED, f"idTag {info.status.value}")
+            self.controller.wake()
+            return
+        max_wh = self.configuration.get_int("MaxEnergyOnInvalidId")
+        if max_wh > 0 and ref is not None:
+            start = record.meter_start_wh or 0.0
+            self._energy_cap = (ref, start + max_wh)
+            log.warning("StartTransaction answered %s: charging on for at most %d Wh", info.status.value, max_wh)
+
+    def on_meter_reading(self, reading: MeterReading) -> None:
+        """MaxEnergyOnInvalidId: stop once an invalidated idTag has had its allowance."""
+        cap, record = self._energy_cap, self.sessions.current
+        if cap is None:
+            return
+        if record is None or record.transaction_ref != cap[0]:
+            self._energy_cap = None
+        elif reading.energy_import_wh >= cap[1]:
+            self._energy_cap = None
+            log.warning("MaxEnergyOnInvalidId reached: stopping the transaction")
+            self.controller.connector.request_stop(StopReason.DEAUTHORIZED, "MaxEnergyOnInvalidId reached")
+            self.controller.wake()
