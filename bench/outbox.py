@@ -58,43 +58,33 @@ from websockets.asyncio.client import connect  # noqa: E402
 
 from firmware.ocpp.outbox import Outbox  # noqa: E402
 from firmware.ocpp.v16.link import CentralSystemLink  # noqa: E402
+from firmware.ocpp.v16.meter_values import iso  # noqa: E402
+from firmware.ocpp.v16.meter_values import meter_value as encode_meter_value  # noqa: E402
 from firmware.ocpp.v16.service import snake_keys  # noqa: E402
 from firmware.store import Store  # noqa: E402
+from hal.interfaces import MeterReading  # noqa: E402
 
 CONNECTOR = 1
 ID_TAG = "BENCH-TAG-0001"
 STARTED = datetime(2025, 1, 1, 8, 0, tzinfo=UTC)
 
 
-def iso(ts: datetime) -> str:
-    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import")
 
 
 def meter_value(i: int) -> dict[str, Any]:
-    """One realistic MeterValue (wire form): energy register, total power, current on 3 phases."""
+    """One realistic MeterValue, built by the firmware's own encoder: energy register, power, 3 phase currents."""
     amps = 16.0 + (i % 7) * 0.01
-
-    def sv(measurand: str, value: str, unit: str, phase: str | None = None) -> dict[str, Any]:
-        item = {
-            "value": value,
-            "context": "Sample.Periodic",
-            "format": "Raw",
-            "measurand": measurand,
-            "location": "Outlet",
-            "unit": unit,
-        }
-        if phase is not None:
-            item["phase"] = phase
-        return item
-
-    return {
-        "timestamp": iso(STARTED + timedelta(seconds=60 * i)),
-        "sampledValue": [
-            sv("Energy.Active.Import.Register", f"{1000.0 + 183.9 * i:.1f}", "Wh"),
-            sv("Power.Active.Import", f"{3 * 230.0 * amps:.1f}", "W"),
-            *(sv("Current.Import", f"{amps:.2f}", "A", phase) for phase in ("L1", "L2", "L3")),
-        ],
-    }
+    reading = MeterReading(
+        voltage_v=(230.0, 230.0, 230.0),
+        current_a=(amps, amps, amps),
+        power_w=(230.0 * amps,) * 3,
+        total_power_w=3 * 230.0 * amps,
+        energy_import_wh=1000.0 + 183.9 * i,
+    )
+    value = encode_meter_value(reading, MEASURANDS, STARTED + timedelta(seconds=60 * i))
+    assert value is not None
+    return value
 
 
 def fill(outbox: Outbox, n: int) -> float:

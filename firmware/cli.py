@@ -203,22 +203,18 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    result = _client(args).request("status")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("\n".join(format_status(result if isinstance(result, Mapping) else {})))
-    return 0
+def _show(request: str, formatter: Callable[[Mapping[str, Any]], list[str]]) -> Command:
+    """A read-only daemon query printed as JSON (``--json``) or through ``formatter``."""
 
+    def command(args: argparse.Namespace) -> int:
+        result = _client(args).request(request)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print("\n".join(formatter(result if isinstance(result, Mapping) else {})))
+        return 0
 
-def cmd_limits(args: argparse.Namespace) -> int:
-    result = _client(args).request("limits")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("\n".join(format_limits(result if isinstance(result, Mapping) else {})))
-    return 0
+    return command
 
 
 def _sim(action: str, value: Callable[[argparse.Namespace], Any]) -> Command:
@@ -491,9 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = leaf(cfg_sub, "show", cmd_config_show, "print the effective settings, secrets masked", [config_opt])
     p.add_argument("path", nargs="?", metavar="PATH", help="file to show (default: lookup order)")
 
-    p = leaf(sub, "status", cmd_status, "live state of the running daemon", daemon)
+    p = leaf(sub, "status", _show("status", format_status), "live state of the running daemon", daemon)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = leaf(sub, "limits", cmd_limits, "every current-limit claim and the winner", daemon)
+    p = leaf(sub, "limits", _show("limits", format_limits), "every current-limit claim and the winner", daemon)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     sim = sub.add_parser("sim", help="drive the simulated hardware of a running daemon", parents=daemon)

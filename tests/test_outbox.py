@@ -371,3 +371,11 @@ def test_kill_9_mid_write_loses_nothing_committed(tmp_path: Path, kill_after_s: 
         assert head.id == inflight == committed[0] and head.action == "StartTransaction"
         assert head.sent_at is not None  # was in flight, unanswered: will be sent again
         assert len(outbox.open_transactions()) == 1
+
+
+def test_mark_sent_leaves_the_store_fully_synchronous(store: Store, outbox: Outbox) -> None:
+    """The in-flight mark skips the fsync; everything after it must be durable again (synchronous=FULL)."""
+    msg_id = outbox.enqueue("Heartbeat", {})
+    outbox.mark_sent(msg_id)
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert outbox.peek() is not None and outbox.peek().sent_at is not None  # type: ignore[union-attr]

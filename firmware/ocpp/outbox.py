@@ -226,9 +226,18 @@ class Outbox:
             self._discard(msg, "its transaction has no transactionId (StartTransaction discarded or never queued)")
 
     def mark_sent(self, msg_id: int) -> None:
-        """Record that the message is in flight (it stays queued until answered)."""
-        with self._store.transaction() as conn:
-            conn.execute("UPDATE outbox SET sent_at = ? WHERE id = ?", (self._wall(), msg_id))
+        """Record that the message is in flight (it stays queued until answered).
+
+        Written without an fsync (WAL + synchronous=NORMAL survives a crash of the process, not a power cut):
+        the mark is informational, the message itself is already durable and is resent either way.
+        """
+        conn = self._store.conn
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._store.transaction() as tx:
+                tx.execute("UPDATE outbox SET sent_at = ? WHERE id = ?", (self._wall(), msg_id))
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
 
     def delivered(self, msg_id: int, response: dict[str, Any]) -> bool:
         """The CSMS answered: remove the message; for StartTransaction keep the CSMS's transactionId.
@@ -236,22 +245,22 @@ class Outbox:
         Returns False and changes nothing when the message is no longer queued (a duplicate answer).
         """
         with self._store.transaction() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (msg_id,)).fetchone()
+            row = conn.execute("SELECT action, transaction_ref FROM outbox WHERE id = ?", (msg_id,)).fetchone()
             if row is None:
                 log.info("ignoring answer for message #%d: no longer queued (duplicate answer)", msg_id)
                 return False
-            msg = _message(row)
-            if msg.action == START_TRANSACTION and msg.transaction_ref is not None:
+            action, transaction_ref = row
+            if action == START_TRANSACTION and transaction_ref is not None:
                 tid = response.get("transactionId", response.get("transaction_id"))
                 if isinstance(tid, int) and not isinstance(tid, bool):
-                    conn.execute("UPDATE transactions SET transaction_id = ? WHERE ref = ?", (tid, msg.transaction_ref))
+                    conn.execute("UPDATE transactions SET transaction_id = ? WHERE ref = ?", (tid, transaction_ref))
                 else:
                     log.error(
                         "StartTransaction #%d answered without a usable transactionId (%r); "
                         "later messages of transaction ref %d cannot be sent",
                         msg_id,
                         tid,
-                        msg.transaction_ref,
+                        transaction_ref,
                     )
             conn.execute("DELETE FROM outbox WHERE id = ?", (msg_id,))
         return True
