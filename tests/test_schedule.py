@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,7 +29,7 @@ def prof(
     pid: int,
     level: int,
     purpose: str,
-    periods: list[tuple[int, float]] | list[tuple[int, float, int | None]],
+    periods: Sequence[tuple[Any, ...]],
     *,
     kind: str = "Absolute",
     start: datetime | None = T0,
@@ -42,7 +43,7 @@ def prof(
 ) -> ChargingProfile:
     if connector is None:
         connector = 0 if purpose != "TxProfile" else 1
-    ps = tuple(ChargingSchedulePeriod(p[0], p[1], p[2] if len(p) > 2 else None) for p in periods)  # type: ignore[misc]
+    ps = tuple(ChargingSchedulePeriod(p[0], p[1], p[2] if len(p) > 2 else None) for p in periods)
     return ChargingProfile(
         profile_id=pid,
         stack_level=level,

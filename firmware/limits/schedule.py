@@ -415,7 +415,7 @@ def _edges(p: ChargingProfile, start: datetime, end: datetime, tx_start: datetim
             if t > start:
                 out.add(t)
 
-    for t in (p.valid_from,):
+    for t in (p.valid_from, p.valid_to):
         if t is not None and start < t < end:
             out.add(t)
     s = p.schedule
