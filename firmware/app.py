@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from firmware import version
 from firmware.aio import wait_event
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
@@ -26,14 +27,12 @@ from firmware.limits.arbiter import Arbiter
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
 from hal.clock import Clock, SystemClock
-from hal.interfaces import Hardware, MeterReading
+from hal.interfaces import Hardware
 
 if TYPE_CHECKING:
     from hal.sim import SimBench
 
 log = logging.getLogger("firmware.app")
-
-FAULT_KINDS = ("rcd", "weld", "stuck-open", "cp-short", "diode", "overtemp", "meter", "reader", "pp-broken")
 
 
 def on_raspberry_pi(model_file: str = "/proc/device-tree/model") -> bool:
@@ -130,7 +129,6 @@ class ChargePointApp:
             self.hardware.meter,
             lambda active: self.controller.set_device_fault("meter", active),
             interval_s=meter_interval_s,
-            on_reading=lambda reading: self.sessions.note_reading(reading),
             idle_interval_s=max(meter_interval_s, 5.0),
             is_idle=lambda: self.controller.idle,
         )
@@ -162,20 +160,14 @@ class ChargePointApp:
                 self.controller,
                 self.sessions,
                 self.sampler,
-                firmware_version=_version(),
+                firmware_version=version(),
                 restart=self.request_restart,
                 response_timeout_s=ocpp_response_timeout_s or settings.ocpp.call_timeout_s,
                 backoff=ocpp_backoff,
             )
             if settings.auth.mode == "ocpp":
                 self.sessions.authorizer = self.ocpp.authorizer
-            service = self.ocpp.service
-
-            def on_reading(reading: MeterReading) -> None:
-                self.sessions.note_reading(reading)
-                service.on_meter_reading(reading)
-
-            self.sampler.on_reading = on_reading
+            self.sampler.add_reading_listener(self.ocpp.service.transactions.on_meter_reading)
 
     # ---- status API --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -281,8 +273,9 @@ class ChargePointApp:
             tasks.append(asyncio.create_task(self._tick_sim(self.sim), name="sim"))
         if self.ocpp is not None:
             tasks.append(asyncio.create_task(self.ocpp.service.run(), name="ocpp"))
-            tasks.append(asyncio.create_task(self.ocpp.service.run_sampling(), name="ocpp-meter-values"))
-            tasks.append(asyncio.create_task(self.ocpp.service.run_clock_aligned(), name="ocpp-clock-aligned"))
+            transactions = self.ocpp.service.transactions
+            tasks.append(asyncio.create_task(transactions.run_sampling(), name="ocpp-meter-values"))
+            tasks.append(asyncio.create_task(transactions.run_clock_aligned(), name="ocpp-clock-aligned"))
         self._stop = stop
         stopper = asyncio.create_task(stop.wait(), name="stop")
         log.info(
@@ -340,15 +333,6 @@ async def run(settings: Settings, config_path: str | Path | None = None) -> int:
         log.warning("restarting after a %s reset", app.restart_requested)
         os.execv(sys.executable, [sys.executable, "-m", "firmware", *sys.argv[1:]])
     return 0
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pievse")
-    except PackageNotFoundError:
-        return "0.1.0+dev"
 
 
 def demo_settings(settings: Settings, work_dir: Path) -> Settings:

@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from firmware import version
 from firmware.apiclient import ApiClient, DaemonUnavailable, ProtocolError, RemoteError
+from hal.sim.bench import FAULT_KINDS
 
 if TYPE_CHECKING:
     from firmware.config import Settings
 
-FAULT_KINDS = ("rcd", "weld", "stuck-open", "cp-short", "diode", "overtemp", "meter", "reader", "pp-broken")
 
 _STATE_MEANING = {
     "A": "no vehicle",
@@ -47,16 +48,6 @@ class CliError(Exception):
         self.lines = lines
 
 
-def _version() -> str:
-    """The installed package version, or a dev marker when running from a source tree."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pievse")
-    except PackageNotFoundError:
-        return "0.1.0+dev"
-
-
 # --- argument types (bad values become usage errors, exit 2) ------------------------------------------------
 
 
@@ -70,34 +61,24 @@ def _card_uid(text: str) -> str:
     return compact.upper()
 
 
-def _amps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid current {text!r}: expected a number of amperes") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"invalid current {text!r}: must be 0 or more amperes")
-    return value
+def _number(what: str, check: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    """An argparse type for a finite number meeting ``check``; bad values are usage errors (exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected a number") from None
+        if not (math.isfinite(value) and check(value)):
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {rule}")
+        return value
+
+    return parse
 
 
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid percentage {text!r}: expected a number") from None
-    if not 0.0 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"invalid percentage {text!r}: must be between 0 and 100")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be greater than 0")
-    return value
+_amps = _number("current", lambda v: v >= 0, "must be 0 or more amperes")
+_percent = _number("percentage", lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
+_positive = _number("number", lambda v: v > 0, "must be greater than 0")
 
 
 # --- configuration ------------------------------------------------------------------------------------------
@@ -458,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evse", description="EV charger controller: run the daemon, inspect and drive it."
     )
-    parser.add_argument("--version", action="version", version=f"evse {_version()}")
+    parser.add_argument("--version", action="version", version=f"evse {version()}")
     parser.add_argument("--config", metavar="PATH", default=None, help="configuration file")
     parser.add_argument("--socket", metavar="PATH", default=None, help="daemon control socket")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

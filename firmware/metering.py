@@ -26,7 +26,6 @@ class MeterSampler:
         *,
         interval_s: float = 1.0,
         failures_to_fault: int = 3,
-        on_reading: Callable[[MeterReading], None] | None = None,
         idle_interval_s: float | None = None,
         is_idle: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -34,7 +33,7 @@ class MeterSampler:
         self.on_fault = on_fault
         self.interval_s = interval_s
         self.failures_to_fault = failures_to_fault
-        self.on_reading = on_reading
+        self._reading_listeners: list[Callable[[MeterReading], None]] = []
         self.idle_interval_s = idle_interval_s if idle_interval_s is not None else interval_s
         self.is_idle = is_idle
         self.latest: MeterReading | None = None
@@ -61,8 +60,8 @@ class MeterSampler:
             self.on_fault(False)
         self.failures = 0
         self.latest = reading
-        if self.on_reading is not None:
-            self.on_reading(reading)
+        for listener in self._reading_listeners:
+            listener(reading)
         return reading
 
     async def register_wh(self) -> float | None:
@@ -75,6 +74,10 @@ class MeterSampler:
             )
             return self.latest.energy_import_wh
         return None if reading is None else reading.energy_import_wh
+
+    def add_reading_listener(self, listener: Callable[[MeterReading], None]) -> None:
+        """Called with every good reading (session peaks, energy allowances)."""
+        self._reading_listeners.append(listener)
 
     def wake(self) -> None:
         """Read now (a session boundary or a status change makes a fresh reading worth having)."""

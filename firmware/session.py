@@ -90,6 +90,7 @@ class SessionManager:
         self._finished_listeners: list[Callable[[SessionRecord], None]] = []
         self._started_listeners: list[Callable[[SessionRecord], None]] = []
         controller.add_listener(self._events.put_nowait)
+        sampler.add_reading_listener(self.note_reading)
 
     def on_session_started(self, listener: Callable[[SessionRecord], None]) -> None:
         self._started_listeners.append(listener)

@@ -62,7 +62,7 @@ async def test_card_started_session_on_the_wire(harness: Harness) -> None:
     assert app.controller.connector.status is Status.CHARGING
     await csms.wait_for(lambda: csms.count("StartTransaction") == 1)
     await harness.advance(60.0, dt=1.0)
-    app.ocpp.service.sample_meter_values()
+    app.ocpp.service.transactions.sample_meter_values()
     await csms.wait_for(lambda: csms.count("MeterValues") == 1)
     harness.sim.tap(bytes.fromhex("04A1B2C3"))
     await harness.advance(1.0)
@@ -163,7 +163,7 @@ async def test_csms_down_for_a_whole_session_then_back(harness: Harness) -> None
     await harness.advance(3.0)
     assert app.controller.connector.status is Status.CHARGING
     await harness.advance(30.0, dt=1.0)
-    app.ocpp.service.sample_meter_values()
+    app.ocpp.service.transactions.sample_meter_values()
     harness.sim.unplug()
     await harness.advance(0.5)
     assert len(app.ocpp.outbox) == 3  # Start, MeterValues, Stop: on disk, waiting
@@ -345,13 +345,13 @@ def test_cached_key_conversion_matches_the_ocpp_package(payload: dict[str, objec
 async def test_clock_aligned_values_and_stop_txn_aligned_data(harness: Harness) -> None:
     csms, app = harness.csms, harness.app
     app.ocpp.configuration.change("StopTxnAlignedData", "Energy.Active.Import.Register")
-    app.ocpp.service.clock_aligned_sample(harness.clock.now())  # outside a transaction: no transactionId
+    app.ocpp.service.transactions.clock_aligned_sample(harness.clock.now())  # outside a transaction: no transactionId
     await csms.wait_for(lambda: csms.count("MeterValues") == 1)
     assert "transactionId" not in csms.payloads("MeterValues")[0]
     harness.sim.plug()
     harness.sim.tap(bytes.fromhex("04A1B2C3"))
     await harness.advance(60.0, dt=1.0)
-    app.ocpp.service.clock_aligned_sample(harness.clock.now())
+    app.ocpp.service.transactions.clock_aligned_sample(harness.clock.now())
     await csms.wait_for(lambda: csms.count("MeterValues") == 2)
     aligned = csms.payloads("MeterValues")[1]
     assert aligned["transactionId"] == 1

@@ -189,7 +189,7 @@ async def test_stalled_csms_drops_the_connection_and_the_message_is_redelivered(
         reconnects = app.ocpp.service.connection.reconnects
 
         csms.stall = True
-        app.ocpp.service.sample_meter_values()
+        app.ocpp.service.transactions.sample_meter_values()
         await csms.wait_for(lambda: csms.count("MeterValues") == 1)  # read, never answered
         await csms.wait_for(lambda: app.ocpp.service.connection.reconnects > reconnects, timeout=3.0)
         assert "not answered" in (app.ocpp.service.connection.last_error or "")
@@ -315,7 +315,7 @@ async def test_unparseable_frames_and_stray_results_are_dropped_with_a_log(
     await csms.call(CP, call.TriggerMessage(requested_message="Heartbeat"))
     await csms.wait_for(lambda: csms.count("Heartbeat") >= 1)
     await harness.advance(0.5)
-    harness.app.ocpp.service.sample_meter_values()
+    harness.app.ocpp.service.transactions.sample_meter_values()
     await csms.wait_for(lambda: csms.count("MeterValues") == 1)
     await csms.wait_for(lambda: len(harness.app.ocpp.outbox) == 0)
     assert "no-such-call" in caplog.text  # logged when discarded

@@ -69,7 +69,7 @@ async def test_every_frame_the_charger_sends_is_schema_valid(strict: StrictHarne
     assert app.controller.connector.status is Status.CHARGING
     await csms.wait_for(lambda: csms.count("StartTransaction") == 1)
     await strict.advance(30.0, dt=1.0)
-    app.ocpp.service.sample_meter_values()
+    app.ocpp.service.transactions.sample_meter_values()
     await csms.wait_for(lambda: csms.count("MeterValues") == 1)
     strict.sim.tap(bytes.fromhex(CARD))
     await strict.advance(1.0)

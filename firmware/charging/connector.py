@@ -54,7 +54,6 @@ class StopReason(enum.StrEnum):
 
 
 SESSION_STATES: Final = (Status.CHARGING, Status.SUSPENDED_EV, Status.SUSPENDED_EVSE)
-IDLE_STATES: Final = (Status.AVAILABLE, Status.PREPARING, Status.FINISHING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +204,6 @@ class Connector:
         self.operative = True
         self.fault_hold_done = False
         self.reservation: Reservation | None = None
-        self._session_reservation: int | None = None
         self._stop: tuple[StopReason, str] | None = None
         self._last_reason = ""
         self.machine = AsyncMachine(

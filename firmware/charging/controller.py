@@ -112,8 +112,6 @@ class ChargingController:
         self._fault_events: list[FaultsChanged] = []
         self._flash: tuple[IndicatorPattern, float] | None = None
         self._indicated: IndicatorPattern | None = None
-        #: Monotonic time of the last completed step: the watchdog's evidence that the loop lives.
-        self.last_step_at = 0.0
         for device in (hardware.pilot, hardware.contactor, hardware.faults):
             device.subscribe(self.wake)
         arbiter.submit("config", settings.max_current_a, clock.monotonic(), reason="charger.max_current_a")
@@ -206,7 +204,6 @@ class ChargingController:
             self._faulted_at = None
         self._apply_outputs(status, limit, trip, now)
         self._dispatch_events()
-        self.last_step_at = now
 
     def _detect_faults(self, diode_ok: bool | None, pilot_forced_low: bool, now: float) -> set[str]:
         found: set[str] = set()

@@ -81,10 +81,6 @@ class DutyGovernor:
             self.changed_at = now
         return self.offered_a
 
-    def rise_allowed_at(self) -> float | None:
-        """When a held rise can next be applied (the controller wakes itself then)."""
-        return None if self.changed_at is None else self.changed_at + self.hold_s
-
 
 class ContactorSupervisor:
     """Mirror contact vs coil command. Disagreement longer than the timeout is a fault.

@@ -130,12 +130,6 @@ class OcppService:
             clock=clock,
             kick=self._kick.set,
         )
-        # The reporter's entry points, under the names the app and the tests use.
-        self.sample_meter_values = self.transactions.sample_meter_values
-        self.clock_aligned_sample = self.transactions.clock_aligned_sample
-        self.on_meter_reading = self.transactions.on_meter_reading
-        self.run_sampling = self.transactions.run_sampling
-        self.run_clock_aligned = self.transactions.run_clock_aligned
         controller.add_listener(self._on_controller_event)
 
     # ---- state --------------------------------------------------------------------------
