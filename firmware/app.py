@@ -24,6 +24,7 @@ from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
 from firmware.charging.controller import ChargingController, ControllerSettings
 from firmware.config import Settings
 from firmware.limits.arbiter import Arbiter
+from firmware.limits.manager import LimitsError, LimitsManager
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
 from hal.clock import Clock, SystemClock
@@ -125,6 +126,9 @@ class ChargePointApp:
         if control_tick_s is not None:
             control = replace(control, tick_s=control_tick_s, idle_tick_s=max(control_tick_s, 0.05))
         self.controller = ChargingController(self.hardware, self.arbiter, self.clock, control)
+        self.limits = LimitsManager(
+            self.arbiter, self.clock, rated_current_a=settings.hal.rated_current_a, wake=self.controller.wake
+        )
         self.sampler = MeterSampler(
             self.hardware.meter,
             lambda active: self.controller.set_device_fault("meter", active),
@@ -179,6 +183,7 @@ class ChargePointApp:
             "value_a": round(decision.current_a, 1),
             "reason": None if winner is None else winner.reason,
         }
+        status["limits"] = self.limits.describe()
         reading = self.sampler.latest
         status["meter"] = (
             None
@@ -203,8 +208,11 @@ class ChargePointApp:
         async def status(_: dict[str, Any]) -> Any:
             return self.status()
 
-        async def limits(_: dict[str, Any]) -> Any:
-            return self.arbiter.describe(self.clock.monotonic())
+        async def limits(args: dict[str, Any]) -> Any:
+            try:
+                return await self.limits.handle(args)
+            except LimitsError as exc:
+                raise ApiError(str(exc)) from exc
 
         async def sim(args: dict[str, Any]) -> Any:
             return await self.sim_action(str(args.get("action", "")), args.get("value"))
@@ -271,6 +279,7 @@ class ChargePointApp:
         ]
         if self.sim is not None:
             tasks.append(asyncio.create_task(self._tick_sim(self.sim), name="sim"))
+        tasks.extend(asyncio.create_task(run(), name=name) for name, run in self.limits.tasks())
         if self.ocpp is not None:
             tasks.append(asyncio.create_task(self.ocpp.service.run(), name="ocpp"))
             transactions = self.ocpp.service.transactions

@@ -77,6 +77,21 @@ def _number(what: str, check: Callable[[float], bool], rule: str) -> Callable[[s
 
 
 _amps = _number("current", lambda v: v >= 0, "must be 0 or more amperes")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``1.5h``, ``1d`` -> seconds (more than 0, at most 7 days)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected e.g. 90s, 30m, 2h or 1d")
+    seconds = float(match[1]) * _UNIT_S[match[2].lower()]
+    if not 0 < seconds <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be more than 0 and at most 7 days")
+    return seconds
+
+
 _percent = _number("percentage", lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
 _positive = _number("number", lambda v: v > 0, "must be greater than 0")
 
@@ -193,6 +208,17 @@ def _show(request: str, formatter: Callable[[Mapping[str, Any]], list[str]]) -> 
             print(json.dumps(result, indent=2))
         else:
             print("\n".join(formatter(result if isinstance(result, Mapping) else {})))
+        return 0
+
+    return command
+
+
+def _limits(action: str, args_of: Callable[[argparse.Namespace], dict[str, Any]]) -> Command:
+    """A ``limits`` subcommand that changes a claim; prints the daemon's one-line answer."""
+
+    def command(args: argparse.Namespace) -> int:
+        result = _client(args).request("limits", {"action": action, **args_of(args)})
+        print(result if isinstance(result, str) else json.dumps(result))
         return 0
 
     return command
@@ -374,7 +400,32 @@ def format_limits(limits: Mapping[str, Any]) -> list[str]:
             for column, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
+    sources = limits.get("sources")
+    if isinstance(sources, Mapping):
+        for name, detail in sources.items():
+            if isinstance(detail, Mapping):
+                lines.append(f"{name}: {_flat(detail)}")
     return lines
+
+
+def _flat(detail: Mapping[str, Any]) -> str:
+    """A source's details on one line: scalars as ``key value``, lists joined by ``/``, tables in braces."""
+    parts: list[str] = []
+    for key, value in detail.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            parts.append(f"{key} {{{_flat(value)}}}")
+        elif isinstance(value, list | tuple):
+            shown = [_flat(v) if isinstance(v, Mapping) else _text(v) for v in value]
+            parts.append(
+                f"{key} " + ("/".join(shown) if all(isinstance(v, int | float) for v in value) else "; ".join(shown))
+            )
+        elif isinstance(value, bool):
+            parts.append(f"{key} {'yes' if value else 'no'}")
+        else:
+            parts.append(f"{key} {_text(value)}")
+    return ", ".join(parts) if parts else "-"
 
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -472,6 +523,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = leaf(sub, "limits", _show("limits", format_limits), "every current-limit claim and the winner", daemon)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    lim_sub = p.add_subparsers(dest="limits_command", metavar="ACTION", required=False)
+    p = leaf(
+        lim_sub,
+        "set",
+        _limits("set", lambda a: {"value_a": a.amps, "for_s": a.duration}),
+        "manual override: cap the current (a claim like any other; the lowest still wins)",
+        daemon,
+    )
+    p.add_argument("amps", type=_amps, metavar="A")
+    p.add_argument("--for", dest="duration", type=_duration_s, metavar="DURATION", help="e.g. 30m, 2h (max 7 days)")
+    leaf(lim_sub, "clear", _limits("clear", lambda a: {}), "remove the manual override", daemon)
+    p = leaf(
+        lim_sub,
+        "boost",
+        _limits("boost", lambda a: {"for_s": a.duration}),
+        "charge now outside the off-peak windows (default: until the next window opens)",
+        daemon,
+    )
+    p.add_argument("--for", dest="duration", type=_duration_s, metavar="DURATION", help="e.g. 2h")
+    leaf(lim_sub, "unboost", _limits("unboost", lambda a: {}), "cancel a boost", daemon)
 
     sim = sub.add_parser("sim", help="drive the simulated hardware of a running daemon", parents=daemon)
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="ACTION", required=True)

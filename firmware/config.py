@@ -125,7 +125,7 @@ class ChargerSettings:
         check=_charge_point_id,
     )
     max_current_a: float = setting(
-        32.0, "rated current of this charge point (hardware and wiring)", unit="A", min=6, max=80
+        32.0, "the most this charge point may offer: the supply wiring and its breaker", unit="A", min=6, max=80
     )
     phases: int = setting(3, "phases wired to the charge point", choices=(1, 3))
     nominal_voltage_v: float = setting(230.0, "phase-to-neutral voltage", unit="V", min=100, max=480)
@@ -144,6 +144,9 @@ class HalSettings:
 
     backend: str = setting(
         "auto", "auto = simulated hardware when not on a Raspberry Pi", choices=("auto", "sim", "rpi")
+    )
+    rated_current_a: float = setting(
+        32.0, "what the pilot/relay board and the contactor are rated for (the hardware claim)", unit="A", min=6, max=80
     )
 
 
@@ -254,6 +257,126 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class SiteSettings:
+    """Site fuse protection: keep the house's main fuse from tripping, measured by the [grid_meter]."""
+
+    fuse_a: float = setting(
+        0.0,
+        "the site's main fuse per phase; 0 = no site fuse protection (needs [grid_meter])",
+        unit="A",
+        min=0,
+        max=2000,
+    )
+    margin_a: float = setting(2.0, "kept free below the fuse", unit="A", min=0, max=100)
+    fallback_a: float = setting(
+        6.0, "offered while grid meter data is stale: neither stop nor full", unit="A", min=0, max=80
+    )
+    stale_after_s: float = setting(5.0, "grid data older than this is stale", unit="s", min=1, max=600)
+    rise_delay_s: float = setting(
+        10.0,
+        "more headroom must last this long before the charger takes it; drops apply at once",
+        unit="s",
+        min=0,
+        max=600,
+    )
+    poll_interval_s: float = setting(1.0, "how often the grid meter is read", unit="s", min=0.2, max=60)
+
+
+def _mqtt_url(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        return f"{_show(value)} is not a valid URL ({exc})"
+    if parts.scheme != "mqtt":
+        return f"{_show(value)} must start with mqtt://"
+    if not host:
+        return f"{_show(value)} has no host"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        return f"{_show(value)} must be mqtt://HOST[:PORT] (credentials go in username/password)"
+    return None
+
+
+def _topic_prefix(value: str) -> str | None:
+    if any(c in value for c in "+#\x00") or value.startswith("/") or value.endswith("/") or "//" in value:
+        return f"{_show(value)} must be a plain MQTT topic prefix: no +, #, leading/trailing or double /"
+    return None
+
+
+@dataclass(frozen=True)
+class SharingSettings:
+    """Several chargers on one fuse, coordinated over an MQTT broker with no central box."""
+
+    broker: str = setting("", "MQTT broker, mqtt://HOST[:PORT]; empty = no sharing", check=_mqtt_url)
+    group: str = setting(
+        "evse/site", "topic prefix shared by the chargers on one fuse", length=(1, 100), check=_topic_prefix
+    )
+    fuse_a: float = setting(32.0, "the fuse the chargers share, per phase", unit="A", min=6, max=2000)
+    margin_a: float = setting(0.0, "kept free below the shared fuse", unit="A", min=0, max=100)
+    fallback_a: float = setting(
+        6.0,
+        "per charger while the broker is lost, and for a member gone silent; chargers x fallback must fit the fuse",
+        unit="A",
+        min=0,
+        max=80,
+    )
+    member_timeout_s: float = setting(
+        10.0, "a charger silent this long counts at the fallback current", unit="s", min=2, max=600
+    )
+    publish_interval_s: float = setting(1.0, "how often each charger reports", unit="s", min=0.2, max=60)
+    username: str = setting("", "MQTT user name; empty = anonymous")
+    password: str = setting("", "MQTT password", secret=True)
+
+
+def _zone(value: str) -> str | None:
+    if not value:
+        return None
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f'{_show(value)} is not a known IANA time zone (e.g. "Europe/Berlin")'
+    return None
+
+
+def _offpeak_window(value: str) -> str | None:
+    from firmware.limits.offpeak import parse_window
+
+    try:
+        parse_window(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class OffpeakSettings:
+    """Charge only in cheap hours, unless a driver asks for a boost; OCPP profiles still cap."""
+
+    windows: tuple[str, ...] = setting(
+        (),
+        'when charging may run, e.g. "Mon-Fri 22:00-06:00", "Sat,Sun 00:00-24:00", "daily 01:00-05:30"; empty = always',
+        length=(1, 40),
+        check=_offpeak_window,
+    )
+    timezone: str = setting("", "IANA time zone of the windows; empty = the system's", check=_zone)
+
+
+@dataclass(frozen=True)
+class ThermalSettings:
+    """Derating when the charger's temperature sensor reads hot."""
+
+    derate_start_c: float = setting(60.0, "full current below this", unit="°C", min=-40, max=150)
+    cutoff_c: float = setting(80.0, "derated linearly down to 6 A at this; pause above it", unit="°C", min=-40, max=150)
+    hysteresis_c: float = setting(
+        5.0, "after a cutoff, resume only below cutoff_c minus this", unit="°C", min=0, max=50
+    )
+
+
+@dataclass(frozen=True)
 class SimSettings:
     """The simulated EV and cable, used when the hardware is simulated."""
 
@@ -281,6 +404,10 @@ class Settings:
     rfid: RfidSettings = field(default_factory=RfidSettings)
     contactor: ContactorSettings = field(default_factory=ContactorSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    site: SiteSettings = field(default_factory=SiteSettings)
+    sharing: SharingSettings = field(default_factory=SharingSettings)
+    offpeak: OffpeakSettings = field(default_factory=OffpeakSettings)
+    thermal: ThermalSettings = field(default_factory=ThermalSettings)
     sim: SimSettings = field(default_factory=SimSettings)
 
 
@@ -420,6 +547,15 @@ def _cross_checks(s: Settings, bad: set[str]) -> Iterator[str]:
         yield "ocpp.client_key: security profile 3 needs a client key file"
     if s.auth.mode == "ocpp" and not ocpp.url and valid("ocpp.url"):
         yield 'auth.mode: "ocpp" needs a CSMS url in ocpp.url'
+    if s.site.fuse_a > 0 and s.grid_meter is None and valid("site.fuse_a"):
+        yield "site.fuse_a: site fuse protection needs a [grid_meter] section"
+    if 0 < s.site.fuse_a <= s.site.margin_a and valid("site.fuse_a", "site.margin_a"):
+        yield f"site.margin_a: {_show(s.site.margin_a)} leaves nothing of the {_show(s.site.fuse_a)} A fuse"
+    share = s.sharing
+    if share.fallback_a > share.fuse_a - share.margin_a and valid("sharing.fallback_a", "sharing.fuse_a"):
+        yield f"sharing.fallback_a: {_show(share.fallback_a)} A does not fit the shared fuse minus its margin"
+    if s.thermal.cutoff_c <= s.thermal.derate_start_c and valid("thermal.cutoff_c", "thermal.derate_start_c"):
+        yield "thermal.cutoff_c: must be above thermal.derate_start_c"
 
 
 # ── public API ───────────────────────────────────────────────────────────────────────────────────────────

@@ -115,6 +115,7 @@ class ChargingController:
         for device in (hardware.pilot, hardware.contactor, hardware.faults):
             device.subscribe(self.wake)
         arbiter.submit("config", settings.max_current_a, clock.monotonic(), reason="charger.max_current_a")
+        arbiter.subscribe(self.wake)
 
     # ---- wiring -------------------------------------------------------------------------
     def wake(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("firmware.limits")
@@ -36,6 +37,15 @@ class Arbiter:
     def __init__(self) -> None:
         self._claims: dict[str, Claim] = {}
         self._last_winner: tuple[str, float] | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Called whenever a claim's value changes, so the control loop applies it now, not at its next tick."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def submit(
         self,
@@ -58,10 +68,15 @@ class Arbiter:
         self._claims[source] = Claim(source, float(current_a), reason, since, phases, expires)
         if not same:
             log.debug("claim %s: %.1f A (%s)", source, current_a, reason or "no reason given")
+            self._changed()
 
     def withdraw(self, source: str) -> None:
         if self._claims.pop(source, None) is not None:
             log.debug("claim %s withdrawn", source)
+            self._changed()
+
+    def get(self, source: str) -> Claim | None:
+        return self._claims.get(source)
 
     def claims(self, now: float) -> list[Claim]:
         """Live claims, lowest first; expired ones are dropped here."""
