@@ -1,0 +1,159 @@
+"""The manual override, the hardware claim and `evse limits` end to end through the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from firmware import cli
+from firmware.app import ChargePointApp, demo_settings
+from firmware.config import default_settings
+from firmware.limits.arbiter import Arbiter
+from firmware.limits.manager import LimitsError, LimitsManager
+from hal.clock import FakeClock
+
+
+def manager() -> tuple[LimitsManager, Arbiter, FakeClock, list[int]]:
+    clock = FakeClock()
+    arbiter = Arbiter()
+    woken: list[int] = []
+    return LimitsManager(arbiter, clock, rated_current_a=25.0, wake=lambda: woken.append(1)), arbiter, clock, woken
+
+
+def test_hardware_rating_is_a_claim() -> None:
+    m, arbiter, clock, _ = manager()
+    decision = arbiter.decide(clock.monotonic())
+    assert decision.winner is not None and decision.winner.source == "hardware"
+    assert decision.current_a == 25.0
+
+
+async def test_manual_override_caps_and_expires() -> None:
+    m, arbiter, clock, _ = manager()
+    answer = await m.handle({"action": "set", "value_a": 10, "for_s": 600})
+    assert answer.startswith("manual limit 10 A until ")
+    assert arbiter.decide(clock.monotonic()).current_a == 10.0
+    clock.advance(599)
+    assert arbiter.decide(clock.monotonic()).current_a == 10.0
+    clock.advance(1)
+    assert arbiter.decide(clock.monotonic()).winner.source == "hardware"  # type: ignore[union-attr]
+
+
+async def test_manual_override_without_duration_still_ends_after_a_week() -> None:
+    m, arbiter, clock, _ = manager()
+    await m.handle({"action": "set", "value_a": 8})
+    clock.advance(7 * 86400 - 1)
+    assert arbiter.decide(clock.monotonic()).current_a == 8.0
+    clock.advance(1)
+    assert arbiter.decide(clock.monotonic()).current_a == 25.0
+
+
+async def test_manual_clear() -> None:
+    m, arbiter, clock, _ = manager()
+    assert await m.handle({"action": "clear"}) == "no manual limit was set"
+    await m.handle({"action": "set", "value_a": 6})
+    assert await m.handle({"action": "clear"}) == "manual limit cleared"
+    assert arbiter.decide(clock.monotonic()).current_a == 25.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"action": "set", "value_a": -1}, "expected 0 or more amperes"),
+        ({"action": "set", "value_a": "ten"}, "value_a: expected a number"),
+        ({"action": "set", "value_a": True}, "value_a: expected a number"),
+        ({"action": "set", "value_a": float("nan")}, "expected 0 or more amperes"),
+        ({"action": "set", "value_a": 10, "for_s": 0}, "at most 7 days"),
+        ({"action": "set", "value_a": 10, "for_s": 8 * 86400}, "at most 7 days"),
+        ({"action": "boost"}, "no off-peak windows are configured"),
+        ({"action": "unboost"}, "no off-peak windows are configured"),
+        ({"action": "fly"}, "unknown limits action"),
+    ],
+)
+async def test_bad_requests_are_refused_with_a_reason(args: dict[str, object], message: str) -> None:
+    m, arbiter, clock, _ = manager()
+    with pytest.raises(LimitsError, match=message):
+        await m.handle(args)
+    assert arbiter.get("manual") is None
+
+
+# ── end to end: the daemon, its socket and the CLI ──────────────────────────────────────────────────────
+@pytest.fixture
+async def app() -> AsyncIterator[tuple[ChargePointApp, FakeClock]]:
+    work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
+    settings = demo_settings(default_settings(), work)
+    settings = replace(settings, auth=replace(settings.auth, mode="free"))
+    clock = FakeClock()
+    charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(charge_point.run(stop))
+    await asyncio.sleep(0.05)
+    yield charge_point, clock
+    stop.set()
+    await task
+
+
+async def run_cli(*argv: str) -> int:
+    return await asyncio.to_thread(cli.main, list(argv))
+
+
+async def advance(app: ChargePointApp, clock: FakeClock, seconds: float, dt: float = 0.05) -> None:
+    assert app.sim is not None
+    for _ in range(round(seconds / dt)):
+        clock.advance(dt)
+        app.sim.tick()
+        await asyncio.sleep(0.002)
+
+
+async def test_evse_limits_set_reaches_the_pilot_and_clear_restores(
+    app: tuple[ChargePointApp, FakeClock], capsys: pytest.CaptureFixture[str]
+) -> None:
+    charge_point, clock = app
+    sock = charge_point.settings.control.socket
+    assert charge_point.sim is not None
+    charge_point.sim.plug()
+    await advance(charge_point, clock, 6.0)
+    assert charge_point.controller.offered_a == 32.0
+
+    assert await run_cli("limits", "set", "10", "--for", "30m", "--socket", sock) == 0
+    assert capsys.readouterr().out.startswith("manual limit 10 A until ")
+    # The arbiter wakes the control loop: the pilot follows without waiting for a tick of simulated time.
+    await asyncio.sleep(0.05)
+    assert charge_point.controller.offered_a == 10.0
+    assert charge_point.sim.pilot.duty == pytest.approx(10 / 0.6)
+
+    assert await run_cli("limits", "--socket", sock) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("winner: manual 10.0 A (evse limits set, until ")
+    rows = {line[1:].split()[0]: line for line in out[2:] if line.startswith(("*", "  "))}
+    assert rows["manual"].startswith("*") and "30m00s" in rows["manual"]
+    assert {"hardware", "config", "cable"} <= set(rows)
+
+    assert await run_cli("limits", "clear", "--socket", sock) == 0
+    assert capsys.readouterr().out.strip() == "manual limit cleared"
+    await advance(charge_point, clock, 4.0)
+    assert charge_point.controller.offered_a == 10.0  # a rise waits 5 s after the previous change
+    await advance(charge_point, clock, 1.5)
+    assert charge_point.controller.offered_a == 32.0
+
+    assert await run_cli("status", "--json", "--socket", sock) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert {c["source"] for c in status["limits"]["claims"]} >= {"hardware", "config", "cable"}
+
+
+async def test_evse_limits_refusals_exit_1_or_2(
+    app: tuple[ChargePointApp, FakeClock], capsys: pytest.CaptureFixture[str]
+) -> None:
+    charge_point, _ = app
+    sock = charge_point.settings.control.socket
+    assert await run_cli("limits", "boost", "--socket", sock) == 1
+    assert "no off-peak windows are configured" in capsys.readouterr().err
+    assert await run_cli("limits", "set", "-3", "--socket", sock) == 2
+    assert await run_cli("limits", "set", "10", "--for", "forever", "--socket", sock) == 2
+    assert "invalid duration 'forever'" in capsys.readouterr().err
+    assert charge_point.arbiter.get("manual") is None
