@@ -129,6 +129,7 @@ class ChargePointApp:
         self.limits = LimitsManager(
             self.arbiter, self.clock, rated_current_a=settings.hal.rated_current_a, wake=self.controller.wake
         )
+        self._add_limit_sources()
         self.sampler = MeterSampler(
             self.hardware.meter,
             lambda active: self.controller.set_device_fault("meter", active),
@@ -172,6 +173,19 @@ class ChargePointApp:
             if settings.auth.mode == "ocpp":
                 self.sessions.authorizer = self.ocpp.authorizer
             self.sampler.add_reading_listener(self.ocpp.service.transactions.on_meter_reading)
+
+    def _add_limit_sources(self) -> None:
+        """The local claims the settings ask for; each source lives in its own module under firmware.limits."""
+        s = self.settings
+        if s.offpeak.windows:
+            from firmware.limits.manager import OffPeakSource
+            from firmware.limits.offpeak import OffPeakGate
+
+            source = OffPeakSource(
+                OffPeakGate.from_config(s.offpeak.windows, s.offpeak.timezone), self.arbiter, self.clock
+            )
+            self.limits.add("offpeak", source)
+            self.limits.offpeak = source
 
     # ---- status API --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -157,3 +157,43 @@ async def test_evse_limits_refusals_exit_1_or_2(
     assert await run_cli("limits", "set", "10", "--for", "forever", "--socket", sock) == 2
     assert "invalid duration 'forever'" in capsys.readouterr().err
     assert charge_point.arbiter.get("manual") is None
+
+
+async def test_offpeak_holds_outside_the_window_and_boost_lifts_it(capsys: pytest.CaptureFixture[str]) -> None:
+    work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
+    settings = demo_settings(default_settings(), work)
+    settings = replace(
+        settings,
+        auth=replace(settings.auth, mode="free"),
+        offpeak=replace(settings.offpeak, windows=("Mon-Fri 22:00-06:00",), timezone="Europe/Berlin"),
+    )
+    clock = FakeClock()  # Thu 2026-01-01 00:00 UTC = 01:00 Berlin: inside the window
+    clock.jump(3600 * 10)  # 11:00 Berlin: outside
+    charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(charge_point.run(stop))
+    sock = settings.control.socket
+    try:
+        await asyncio.sleep(0.05)
+        assert charge_point.sim is not None
+        charge_point.sim.plug()
+        await advance(charge_point, clock, 3.0)
+        assert charge_point.controller.connector.status.value == "SuspendedEVSE"
+        assert charge_point.controller.offered_a == 0.0
+        assert await run_cli("limits", "--socket", sock) == 0
+        out = capsys.readouterr().out
+        assert "winner: offpeak 0.0 A (outside off-peak window (next opens Thu 22:00 Europe/Berlin))" in out
+
+        assert await run_cli("limits", "boost", "--for", "2h", "--socket", sock) == 0
+        assert capsys.readouterr().out.startswith("boost until 2026-01-01T12:00")
+        await advance(charge_point, clock, 6.0)
+        assert charge_point.controller.connector.status.value == "Charging"
+        assert charge_point.controller.offered_a == 32.0
+
+        assert await run_cli("limits", "unboost", "--socket", sock) == 0
+        await asyncio.sleep(0.05)
+        assert charge_point.controller.offered_a == 0.0
+        assert charge_point.controller.connector.status.value == "SuspendedEVSE"
+    finally:
+        stop.set()
+        await task

@@ -7,6 +7,7 @@ own logic in its own module; here they are only built from the settings, started
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable, Coroutine
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from firmware.limits.arbiter import Arbiter
+from firmware.limits.offpeak import OffPeakGate
 from hal.clock import Clock
 
 log = logging.getLogger("firmware.limits")
@@ -38,6 +40,34 @@ class Boostable(Protocol):
     def boost(self, until: datetime | None, now: datetime) -> None: ...
 
     def cancel_boost(self) -> None: ...
+
+
+class OffPeakSource:
+    """The off-peak gate as a managed source: a boost or a cancel changes the claim at once."""
+
+    def __init__(self, gate: OffPeakGate, arbiter: Arbiter, clock: Clock) -> None:
+        self.gate = gate
+        self.arbiter = arbiter
+        self.clock = clock
+        self._woken = asyncio.Event()
+
+    def run(self) -> Coroutine[Any, Any, None]:
+        return self.gate.run(self.clock, self.arbiter, self._woken)
+
+    def describe(self) -> dict[str, Any]:
+        return self.gate.describe(self.clock.now())
+
+    def boost(self, until: datetime | None, now: datetime) -> None:
+        self.gate.boost(until, now)
+        self._apply()
+
+    def cancel_boost(self) -> None:
+        self.gate.cancel_boost()
+        self._apply()
+
+    def _apply(self) -> None:
+        self.gate.update(self.clock.now(), self.clock.monotonic(), self.arbiter)
+        self._woken.set()  # the runner recomputes when to wake next
 
 
 class LimitsManager:
@@ -88,7 +118,10 @@ class LimitsManager:
         if for_s is not None and not (math.isfinite(for_s) and 0 < for_s <= MANUAL_MAX_S):
             raise LimitsError(f"boost duration {for_s!r} s: expected more than 0 and at most 7 days")
         until = None if for_s is None else now + timedelta(seconds=for_s)
-        gate.boost(until, now)
+        try:
+            gate.boost(until, now)
+        except ValueError as exc:
+            raise LimitsError(str(exc)) from exc
         self._wake()
         shown = "until the off-peak window opens" if until is None else f"until {until.isoformat(timespec='minutes')}"
         log.warning("off-peak boost %s", shown)
