@@ -71,6 +71,19 @@ MIGRATIONS: list[str] = [
         value  TEXT
     );
     """,
+    # 2: OCPP 1.6 smart charging profiles (§3.13), kept across restarts. chargingProfileId is unique on the
+    # charge point; a TxProfile names the local transaction it belongs to and is deleted when that one ends.
+    """
+    CREATE TABLE charging_profiles (
+        profile_id       INTEGER PRIMARY KEY,
+        connector_id     INTEGER NOT NULL,
+        purpose          TEXT NOT NULL,
+        stack_level      INTEGER NOT NULL,
+        transaction_ref  INTEGER NULL,
+        profile          TEXT NOT NULL,
+        installed_at     TEXT NOT NULL
+    );
+    """,
 ]
 
 

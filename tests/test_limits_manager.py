@@ -27,7 +27,7 @@ def manager() -> tuple[LimitsManager, Arbiter, FakeClock, list[int]]:
 
 
 def test_hardware_rating_is_a_claim() -> None:
-    m, arbiter, clock, _ = manager()
+    _m, arbiter, clock, _ = manager()
     decision = arbiter.decide(clock.monotonic())
     assert decision.winner is not None and decision.winner.source == "hardware"
     assert decision.current_a == 25.0
@@ -76,7 +76,7 @@ async def test_manual_clear() -> None:
     ],
 )
 async def test_bad_requests_are_refused_with_a_reason(args: dict[str, object], message: str) -> None:
-    m, arbiter, clock, _ = manager()
+    m, arbiter, _clock, _ = manager()
     with pytest.raises(LimitsError, match=message):
         await m.handle(args)
     assert arbiter.get("manual") is None

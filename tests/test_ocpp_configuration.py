@@ -46,7 +46,7 @@ EXPECTED: list[tuple[str, str, bool, str]] = [
     ("TransactionMessageRetryInterval", "int", False, "60"),
     ("GetConfigurationMaxKeys", "int", True, "50"),
     ("NumberOfConnectors", "int", True, "1"),
-    ("SupportedFeatureProfiles", "csl", True, "Core,LocalAuthListManagement,Reservation,RemoteTrigger"),
+    ("SupportedFeatureProfiles", "csl", True, "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"),
     ("SupportedFeatureProfilesMaxLength", "int", True, "6"),
     ("ConnectorPhaseRotation", "csl", False, "0.RST,1.RST"),
     ("ConnectorPhaseRotationMaxLength", "int", True, "10"),
@@ -57,6 +57,10 @@ EXPECTED: list[tuple[str, str, bool, str]] = [
     ("LocalAuthListMaxLength", "int", True, "1000"),
     ("SendLocalListMaxLength", "int", True, "100"),
     ("ReserveConnectorZeroSupported", "bool", True, "false"),
+    ("ChargeProfileMaxStackLevel", "int", True, "8"),
+    ("ChargingScheduleAllowedChargingRateUnit", "csl", True, "Current,Power"),
+    ("ChargingScheduleMaxPeriods", "int", True, "96"),
+    ("MaxChargingProfilesInstalled", "int", True, "16"),
     ("SecurityProfile", "int", True, "0"),
     ("AuthorizationKey", "str", False, ""),
     ("CpoName", "str", False, ""),
@@ -69,13 +73,14 @@ REQUIRED_CORE = [
     "TransactionMessageRetryInterval", "GetConfigurationMaxKeys", "NumberOfConnectors", "SupportedFeatureProfiles",
     "ConnectorPhaseRotation", "ResetRetries",
 ]  # fmt: skip
-# Keys this firmware does not act on, so it does not offer them (a CSMS gets NotSupported, not a fake Accepted):
-# SmartCharging is not implemented yet; there is no indicator control over OCPP yet.
+# The SmartCharging keys (1.6 §9.4), read-only: the charger enforces these limits on every SetChargingProfile.
 SMART_CHARGING_KEYS = [
     "ChargeProfileMaxStackLevel", "ChargingScheduleAllowedChargingRateUnit", "ChargingScheduleMaxPeriods",
-    "MaxChargingProfilesInstalled", "ConnectorSwitch3to1PhaseSupported",
+    "MaxChargingProfilesInstalled",
 ]  # fmt: skip
-REMOVED_KEYS = [*SMART_CHARGING_KEYS, "BlinkRepeat", "LightIntensity"]
+# Keys this firmware does not act on, so it does not offer them (a CSMS gets NotSupported, not a fake Accepted):
+# the phases cannot be switched 3 -> 1 here; there is no indicator control over OCPP yet.
+REMOVED_KEYS = ["ConnectorSwitch3to1PhaseSupported", "BlinkRepeat", "LightIntensity"]
 # Read-only because changing them is not implemented: a ChangeConfiguration must be Rejected, never faked.
 NOT_WRITABLE = [
     ("StopTransactionOnEVSideDisconnect", "false"),
@@ -111,7 +116,8 @@ def test_required_core_keys_are_core_profile() -> None:
         assert specs[name].profile == "Core", name
     assert specs["LocalAuthListEnabled"].profile == "LocalAuthListManagement"
     assert specs["ReserveConnectorZeroSupported"].profile == "Reservation"
-    assert not any(k.profile == "SmartCharging" for k in KEYS)
+    assert {k.name for k in KEYS if k.profile == "SmartCharging"} == set(SMART_CHARGING_KEYS)
+    assert all(specs[name].readonly for name in SMART_CHARGING_KEYS)
     assert {specs[n].profile for n in ("SecurityProfile", "AuthorizationKey", "CpoName")} == {"Security"}
     assert [k.name for k in KEYS if k.secret] == ["AuthorizationKey"]
     assert not any(k.reboot_required for k in KEYS)
@@ -136,8 +142,11 @@ def test_typed_getters() -> None:
         "Core",
         "LocalAuthListManagement",
         "Reservation",
+        "SmartCharging",
         "RemoteTrigger",
     ]
+    assert config.get_list("ChargingScheduleAllowedChargingRateUnit") == ["Current", "Power"]
+    assert config.get_int("ChargingScheduleMaxPeriods") == 96
     assert config.get_bool("StopTransactionOnEVSideDisconnect") is True
     assert config.get_int("SecurityProfile") == 0
     assert config.get_str("CpoName") == ""
@@ -161,10 +170,13 @@ def test_key_table_markdown() -> None:
     assert "| StopTransactionOnEVSideDisconnect | bool | R | `true` | Core |" in lines
     assert "| UnlockConnectorOnEVSideDisconnect | bool | R | `true` | Core |" in lines
     assert (
-        "| SupportedFeatureProfiles | csl | R | `Core,LocalAuthListManagement,Reservation,RemoteTrigger` | Core |"
-        in lines
+        "| SupportedFeatureProfiles | csl | R | `Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger`"
+        " | Core |" in lines
     )
-    assert "SmartCharging" not in table
+    assert "| ChargeProfileMaxStackLevel | int | R | `8` | SmartCharging |" in lines
+    assert "| ChargingScheduleAllowedChargingRateUnit | csl | R | `Current,Power` | SmartCharging |" in lines
+    assert "| ChargingScheduleMaxPeriods | int | R | `96` | SmartCharging |" in lines
+    assert "| MaxChargingProfilesInstalled | int | R | `16` | SmartCharging |" in lines
     for name in REMOVED_KEYS:
         assert f"| {name} |" not in table
 
@@ -173,18 +185,31 @@ def test_key_table_markdown() -> None:
 def test_supported_feature_profiles_lists_only_implemented_profiles() -> None:
     config, _ = make()
     profiles = config.get_list("SupportedFeatureProfiles")
-    assert profiles == ["Core", "LocalAuthListManagement", "Reservation", "RemoteTrigger"]
-    assert "SmartCharging" not in profiles and "FirmwareManagement" not in profiles
-    assert config.change("SupportedFeatureProfiles", "Core,SmartCharging") == "Rejected"
+    assert profiles == ["Core", "LocalAuthListManagement", "Reservation", "SmartCharging", "RemoteTrigger"]
+    assert "FirmwareManagement" not in profiles
+    assert config.change("SupportedFeatureProfiles", "Core,FirmwareManagement") == "Rejected"
     assert config.get_list("SupportedFeatureProfiles") == profiles
 
 
-def test_smart_charging_profile_name_stays_valid() -> None:
-    # The SmartCharging keys return in a later release; the profile name must remain usable for them.
-    spec = KeySpec("ChargeProfileMaxStackLevel", "int", True, "10", "SmartCharging", validator=IntRange(0, 100))
-    config, _ = make(specs=(*KEYS, spec))
-    assert config.spec("ChargeProfileMaxStackLevel").profile == "SmartCharging"
-    assert config.get_int("ChargeProfileMaxStackLevel") == 10
+@pytest.mark.parametrize(
+    ("name", "value"), [("ChargeProfileMaxStackLevel", "100"), ("ChargingScheduleMaxPeriods", "5")]
+)
+def test_smart_charging_limits_are_read_only(name: str, value: str) -> None:
+    config, storage = make()
+    before = config.raw(name)
+    assert config.change(name, value) == "Rejected"
+    assert config.raw(name) == before and storage.values == {}
+    assert Configuration(MemoryKeyStorage({name: value})).raw(name) == before  # a stored value is ignored
+
+
+def test_smart_charging_limits_may_be_narrowed_by_the_installer() -> None:
+    config, _ = make(
+        overrides={"MaxChargingProfilesInstalled": "4", "ChargingScheduleAllowedChargingRateUnit": "Current"}
+    )
+    assert config.get_int("MaxChargingProfilesInstalled") == 4
+    assert config.get_list("ChargingScheduleAllowedChargingRateUnit") == ["Current"]
+    with pytest.raises(ValueError):
+        make(overrides={"ChargingScheduleAllowedChargingRateUnit": "Current,Ampere"})
 
 
 @pytest.mark.parametrize("name", REMOVED_KEYS)
@@ -204,7 +229,7 @@ def test_removed_keys_are_not_supported(name: str) -> None:
 
 
 def test_removed_keys_ignored_in_storage_and_refused_as_overrides() -> None:
-    storage = MemoryKeyStorage({"BlinkRepeat": "5", "LightIntensity": "80", "ChargeProfileMaxStackLevel": "3"})
+    storage = MemoryKeyStorage({"BlinkRepeat": "5", "LightIntensity": "80", "ConnectorSwitch3to1PhaseSupported": "1"})
     config = Configuration(storage)
     assert all(config.change(name, "1") == "NotSupported" for name in REMOVED_KEYS)
     with pytest.raises(ValueError):
@@ -513,7 +538,7 @@ def test_get_configuration_max_keys_truncation() -> None:
     assert unknown == ["Nope"]
     default, _ = make()
     known, _ = default.get_configuration([*names, *names])
-    assert len(known) == len(KEYS)  # 39 keys <= 50
+    assert len(known) == len(KEYS)  # 43 keys <= 50
     assert len(KEYS) <= default.get_int("GetConfigurationMaxKeys")
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from firmware.limits.schedule import (
     composite_schedule,
     convert,
     limit_at,
+    next_change,
 )
 
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday
@@ -482,3 +484,99 @@ def wireish(draw: st.DrawFn) -> Any:
 def test_from_wire_only_raises_value_error(data: Any, connector: Any) -> None:
     with contextlib.suppress(ValueError):
         ChargingProfile.from_wire(data, connector_id=connector)
+
+
+# --- period lookup, next change, to_wire -------------------------------------------------------------------------
+
+
+def test_limit_names_stack_level_and_period() -> None:
+    tx = prof(4, 2, "TxProfile", [(0, 20), (60, 10), (120, 16)], tx=9)
+    lim = limit_at([tx], T0 + timedelta(seconds=90), tx_start=T0)
+    assert lim is not None and (lim.stack_level, lim.period_index, lim.value) == (2, 1, 10)
+    lim = limit_at([tx], T0 + timedelta(seconds=120), tx_start=T0)
+    assert lim is not None and lim.period_index == 2
+    lim = limit_at([tx], T0 + timedelta(seconds=119, microseconds=999_999), tx_start=T0)
+    assert lim is not None and lim.period_index == 1  # the boundary is exact to the microsecond
+
+
+def test_next_change_finds_the_next_boundary() -> None:
+    p = prof(1, 0, "TxDefaultProfile", [(0, 20), (30, 10)], duration=90)
+    assert next_change([p], T0, 60, tx_start=None) == T0 + timedelta(seconds=30)
+    assert next_change([p], T0 + timedelta(seconds=30), 61, tx_start=None) == T0 + timedelta(seconds=90)
+    assert next_change([p], T0 + timedelta(seconds=30), 60, tx_start=None) is None  # the horizon is excluded
+    assert next_change([p], T0 - timedelta(seconds=5), 60, tx_start=None) == T0  # the schedule starts
+    later = prof(2, 1, "TxDefaultProfile", [(0, 6)], valid_from=T0 + timedelta(seconds=10))
+    assert next_change([p, later], T0, 60, tx_start=None) == T0 + timedelta(seconds=10)
+    rel = prof(3, 0, "TxProfile", [(0, 6), (600, 12)], kind="Relative")
+    assert next_change([rel], T0 + timedelta(seconds=590), 60, tx_start=T0) == T0 + timedelta(seconds=600)
+    assert next_change([rel], T0 + timedelta(seconds=590), 60, tx_start=None) is None
+
+
+@SETTINGS
+@given(
+    ps=st.lists(profiles(), max_size=5),
+    at=_starts,
+    seconds=st.integers(0, 3599),
+    horizon=st.integers(1, 4 * H),
+    tx=st.none() | _starts,
+    tz=TZS,
+    probes=st.lists(st.floats(0, 1, exclude_min=True, exclude_max=True), min_size=1, max_size=6),
+)
+def test_nothing_changes_before_next_change(
+    ps: list[ChargingProfile],
+    at: datetime,
+    seconds: int,
+    horizon: int,
+    tx: datetime | None,
+    tz: Any,
+    probes: list[float],
+) -> None:
+    """A claim evaluated at ``at`` holds until next_change (or the horizon): sleeping until then is safe."""
+    at += timedelta(seconds=seconds)
+    change = next_change(ps, at, horizon, tx_start=tx, tz=tz)
+    end = at + timedelta(seconds=horizon)
+    assert change is None or at < change < end
+    until = change or end
+    here = limit_at(ps, at, tx_start=tx, tz=tz)
+    for f in probes:
+        t = min(at + (until - at) * f, until - timedelta(microseconds=1))  # timedelta * float rounds to 1 us
+        assert limit_at(ps, t, tx_start=tx, tz=tz) == here
+
+
+@SETTINGS
+@given(p=profiles(), offset=st.integers(-H, 40 * H))
+def test_period_lookup_matches_a_linear_scan(p: ChargingProfile, offset: int) -> None:
+    absolute = ChargingProfile(
+        p.profile_id, p.stack_level, "TxDefaultProfile", "Absolute", None, None, None,
+        ChargingSchedule(p.schedule.charging_rate_unit, p.schedule.periods, p.schedule.duration_s, T0), 0,
+    )  # fmt: skip
+    lim = limit_at([absolute], T0 + timedelta(seconds=offset), tx_start=None)
+    covered = offset >= 0 and (p.schedule.duration_s is None or offset < p.schedule.duration_s)
+    if not covered:
+        assert lim is None
+        return
+    expected = max(i for i, period in enumerate(p.schedule.periods) if period.start_period_s <= offset)
+    assert lim is not None and lim.period_index == expected
+    assert lim.value == p.schedule.periods[expected].limit
+
+
+@SETTINGS
+@given(p=profiles(), mcr=st.none() | st.floats(0, 100), tz=st.sampled_from([UTC, BERLIN]))
+def test_to_wire_round_trips(p: ChargingProfile, mcr: float | None, tz: Any) -> None:
+    s = p.schedule
+    start = None if s.start_schedule is None else s.start_schedule.astimezone(tz)
+    p2 = ChargingProfile(
+        p.profile_id, p.stack_level, p.purpose, p.kind, p.recurrency, p.valid_from, p.valid_to,
+        ChargingSchedule(s.charging_rate_unit, s.periods, s.duration_s, start, mcr), p.connector_id,
+        7 if p.purpose == "TxProfile" else None,
+    )  # fmt: skip
+    wire = p2.to_wire()
+    assert json.loads(json.dumps(wire)) == wire
+    assert ChargingProfile.from_wire(wire, connector_id=p.connector_id) == p2
+    assert ChargingProfile.from_wire({"connectorId": p.connector_id, "csChargingProfiles": wire}) == p2
+
+
+def test_to_wire_uses_ocpp_names() -> None:
+    wire = ChargingProfile.from_wire(WIRE, connector_id=0).to_wire()
+    schedule = {**WIRE["chargingSchedule"], "startSchedule": "2026-01-01T22:00:00+00:00"}
+    assert wire == {**WIRE, "chargingSchedule": schedule, "validFrom": "2026-01-01T00:00:00+00:00"}

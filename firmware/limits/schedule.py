@@ -29,10 +29,11 @@ All datetimes must be timezone-aware.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, Literal, cast
@@ -52,6 +53,8 @@ DEFAULT_PHASES = 3
 #: OCPP integers are int32; this also keeps timedelta arithmetic far from overflow.
 _MAX_INT = 2**31 - 1
 _RECURRENCE_STEP = {"Daily": timedelta(days=1), "Weekly": timedelta(days=7)}
+_US = 1_000_000
+_ONE_US = timedelta(microseconds=1)
 
 
 def default_to_amps(value: float, unit: str, number_phases: int | None) -> float:
@@ -107,6 +110,8 @@ class ChargingSchedule:
     duration_s: int | None = None
     start_schedule: datetime | None = None
     min_charging_rate: float | None = None
+    #: Period starts in microseconds, for a binary search (a schedule may hold many periods).
+    starts_us: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.charging_rate_unit not in UNITS:
@@ -128,6 +133,7 @@ class ChargingSchedule:
             m = self.min_charging_rate
             if isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m) or m < 0:
                 raise ValueError(f"minChargingRate {m!r} must be a finite number >= 0")
+        object.__setattr__(self, "starts_us", tuple(p.start_period_s * _US for p in self.periods))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +235,38 @@ class ChargingProfile:
             transaction_id=d.get("transaction_id"),
         )
 
+    def to_wire(self) -> dict[str, Any]:
+        """csChargingProfiles as OCPP 1.6 JSON (camelCase; limits as floats): ``from_wire`` reads it back."""
+        s = self.schedule
+        periods: list[dict[str, Any]] = []
+        for p in s.periods:
+            period: dict[str, Any] = {"startPeriod": p.start_period_s, "limit": float(p.limit)}
+            if p.number_phases is not None:
+                period["numberPhases"] = p.number_phases
+            periods.append(period)
+        optional_schedule = {
+            "duration": s.duration_s,
+            "startSchedule": None if s.start_schedule is None else s.start_schedule.isoformat(),
+            "minChargingRate": s.min_charging_rate,
+        }
+        schedule: dict[str, Any] = {"chargingRateUnit": s.charging_rate_unit, "chargingSchedulePeriod": periods}
+        schedule.update({k: v for k, v in optional_schedule.items() if v is not None})
+        optional = {
+            "transactionId": self.transaction_id,
+            "recurrencyKind": self.recurrency,
+            "validFrom": None if self.valid_from is None else self.valid_from.isoformat(),
+            "validTo": None if self.valid_to is None else self.valid_to.isoformat(),
+        }
+        out: dict[str, Any] = {
+            "chargingProfileId": self.profile_id,
+            "stackLevel": self.stack_level,
+            "chargingProfilePurpose": self.purpose,
+            "chargingProfileKind": self.kind,
+            "chargingSchedule": schedule,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        return out
+
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -272,6 +310,9 @@ class Limit:
     number_phases: int | None
     profile_id: int
     purpose: Purpose
+    stack_level: int = 0
+    #: 0-based index of the period in force within the winning profile's schedule.
+    period_index: int = 0
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
@@ -298,6 +339,8 @@ def _index(p: ChargingProfile, at: datetime, tz: tzinfo) -> int:
     """n such that occurrence n <= at < occurrence n + 1 (0 before the first occurrence)."""
     start = p.schedule.start_schedule
     assert start is not None and p.recurrency is not None
+    if tz is UTC:  # no DST: plain arithmetic (the evaluation hot path)
+        return max(0, (at - start) // _RECURRENCE_STEP[p.recurrency])
     occ = _recurrence(p, tz)
     wall = start.astimezone(tz).replace(tzinfo=None)
     n = max(0, (at.astimezone(tz).replace(tzinfo=None) - wall) // _RECURRENCE_STEP[p.recurrency])
@@ -311,8 +354,10 @@ def _index(p: ChargingProfile, at: datetime, tz: tzinfo) -> int:
 def _recurrence(p: ChargingProfile, tz: tzinfo) -> Callable[[int], datetime]:
     start = p.schedule.start_schedule
     assert start is not None and p.recurrency is not None
-    wall = start.astimezone(tz).replace(tzinfo=None)
     step = _RECURRENCE_STEP[p.recurrency]
+    if tz is UTC:
+        return lambda n: start + n * step
+    wall = start.astimezone(tz).replace(tzinfo=None)
 
     def occ(n: int) -> datetime:
         # Same wall-clock time n days/weeks later, in tz (fold=0 for gaps and overlaps).
@@ -323,7 +368,8 @@ def _recurrence(p: ChargingProfile, tz: tzinfo) -> Callable[[int], datetime]:
 
 def _period_at(
     p: ChargingProfile, at: datetime, tx_start: datetime | None, tz: tzinfo
-) -> ChargingSchedulePeriod | None:
+) -> tuple[int, ChargingSchedulePeriod] | None:
+    """(index, period) of ``p`` in force at ``at``, or None when ``p`` does not apply then."""
     if p.valid_from is not None and at < p.valid_from:
         return None
     if p.valid_to is not None and at >= p.valid_to:
@@ -337,25 +383,20 @@ def _period_at(
     offset = at - anchor
     if p.schedule.duration_s is not None and offset >= timedelta(seconds=p.schedule.duration_s):
         return None
-    active = None
-    for period in p.schedule.periods:
-        if timedelta(seconds=period.start_period_s) <= offset:
-            active = period
-        else:
-            break
-    return active
+    index = bisect.bisect_right(p.schedule.starts_us, offset // _ONE_US) - 1
+    return None if index < 0 else (index, p.schedule.periods[index])
 
 
 def _best(
     profiles: Iterable[ChargingProfile], at: datetime, tx_start: datetime | None, tz: tzinfo
-) -> tuple[ChargingProfile, ChargingSchedulePeriod] | None:
-    best: tuple[ChargingProfile, ChargingSchedulePeriod] | None = None
+) -> tuple[ChargingProfile, int, ChargingSchedulePeriod] | None:
+    best: tuple[ChargingProfile, int, ChargingSchedulePeriod] | None = None
     for p in profiles:
-        period = _period_at(p, at, tx_start, tz)
-        if period is None:
+        found = _period_at(p, at, tx_start, tz)
+        if found is None:
             continue
         if best is None or (p.stack_level, -p.profile_id) > (best[0].stack_level, -best[0].profile_id):
-            best = (p, period)
+            best = (p, *found)
     return best
 
 
@@ -399,10 +440,11 @@ def limit_at(
     found = [c for c in cand if c is not None]
     if not found:
         return None
-    p, period = min(
-        found, key=lambda c: to_amps(float(c[1].limit), c[0].schedule.charging_rate_unit, c[1].number_phases)
+    p, index, period = min(
+        found, key=lambda c: to_amps(float(c[2].limit), c[0].schedule.charging_rate_unit, c[2].number_phases)
     )
-    return Limit(float(period.limit), p.schedule.charging_rate_unit, period.number_phases, p.profile_id, p.purpose)
+    unit = p.schedule.charging_rate_unit
+    return Limit(float(period.limit), unit, period.number_phases, p.profile_id, p.purpose, p.stack_level, index)
 
 
 def _edges(p: ChargingProfile, start: datetime, end: datetime, tx_start: datetime | None, tz: tzinfo) -> set[datetime]:
@@ -434,11 +476,32 @@ def _edges(p: ChargingProfile, start: datetime, end: datetime, tx_start: datetim
             anchors.append(occ(n))
             n += 1
     for a in anchors:
-        for period in s.periods:
+        # Only the periods that start inside (start, end): found by binary search, a schedule may be long.
+        first = max(0, bisect.bisect_right(s.starts_us, (start - a) // _ONE_US))
+        last = bisect.bisect_left(s.starts_us, (end - a) // _ONE_US)
+        for period in s.periods[first:last]:
             add(a, period.start_period_s)
         if s.duration_s is not None:
             add(a, s.duration_s)
     return out
+
+
+def next_change(
+    profiles: Iterable[ChargingProfile],
+    at: datetime,
+    horizon_s: float,
+    *,
+    tx_start: datetime | None,
+    tz: tzinfo = UTC,
+) -> datetime | None:
+    """The first instant in (at, at + horizon_s) where any profile's contribution may change, or None.
+
+    A caller that holds a limit evaluated at ``at`` re-evaluates then (and at the horizon at the latest).
+    """
+    _check_aware("at", at)
+    end = at + timedelta(seconds=horizon_s)
+    edges = [t for p in profiles for t in _edges(p, at, end, tx_start, tz)]
+    return min(edges, default=None)
 
 
 def composite_schedule(

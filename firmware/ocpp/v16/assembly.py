@@ -14,7 +14,9 @@ from firmware.ocpp.connection import Backoff, OcppConnection
 from firmware.ocpp.outbox import Outbox
 from firmware.ocpp.v16.configuration import Configuration
 from firmware.ocpp.v16.meter_values import SUPPORTED_MEASURANDS
+from firmware.ocpp.v16.profiles import ProfileStore
 from firmware.ocpp.v16.service import OcppService
+from firmware.ocpp.v16.smart_charging import SmartCharging
 from firmware.session import SessionManager
 from firmware.store import Store
 from hal.clock import Clock
@@ -120,6 +122,20 @@ def build(
         backoff=backoff or Backoff(initial_s=o.reconnect_min_s, maximum_s=max(o.reconnect_max_s, o.reconnect_min_s)),
     )
     local_list, cache = IdTagTable(kv, "ocpp.local_list"), IdTagTable(kv, "ocpp.auth_cache")
+    charger = settings.charger
+    smart_charging = SmartCharging(
+        profiles=ProfileStore(store),
+        configuration=configuration,
+        arbiter=controller.arbiter,
+        clock=clock,
+        sessions=sessions,
+        outbox=outbox,
+        sampler=sampler,
+        # The charger's own maximum: what a GetCompositeSchedule shows where no profile limits.
+        max_current_a=min(charger.max_current_a, settings.hal.rated_current_a),
+        wired_phases=charger.phases,
+        nominal_voltage_v=charger.nominal_voltage_v,
+    )
     service = OcppService(
         charge_point_id=settings.charger.id,
         controller=controller,
@@ -133,6 +149,7 @@ def build(
         clock=clock,
         firmware_version=firmware_version,
         restart=restart,
+        smart_charging=smart_charging,
         response_timeout_s=response_timeout_s,
     )
     authorizer = OcppAuthorizer(

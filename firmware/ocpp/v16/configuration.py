@@ -247,6 +247,10 @@ def _bool(name: str, default: bool, *, readonly: bool = False, doc: str = "", pr
     return KeySpec(name, "bool", readonly, "true" if default else "false", profile, doc=doc)
 
 
+#: SmartCharging limits (read-only keys of the same names).
+SMART_MAX_STACK_LEVEL: Final = 8
+SMART_MAX_PERIODS: Final = 96
+SMART_MAX_PROFILES: Final = 16
 #: Items a measurand CSL may hold (reported in the matching ...MaxLength key).
 MEASURAND_LIST_MAX: Final = 10
 _DAY: Final = 86_400
@@ -308,7 +312,7 @@ KEYS: Final[tuple[KeySpec, ...]] = (
         "SupportedFeatureProfiles",
         "csl",
         True,
-        "Core,LocalAuthListManagement,Reservation,RemoteTrigger",
+        "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger",
         doc="feature profiles this charge point supports",
         validator=Members(FEATURE_PROFILES),
         max_length=len(FEATURE_PROFILES),
@@ -333,7 +337,34 @@ KEYS: Final[tuple[KeySpec, ...]] = (
     _bool(
         "ReserveConnectorZeroSupported", False, readonly=True, doc="connector 0 can be reserved", profile="Reservation"
     ),
-    # SmartCharging (1.6 §9.4) is not implemented yet: no keys, and not listed in SupportedFeatureProfiles.
+    # ── SmartCharging (1.6 §9.4) ────────────────────────────────────────────────────────────────────────
+    # Sized for a Pi Zero 2 W: a GetCompositeSchedule over every installed profile at the period maximum stays
+    # well inside the CSMS's call timeout (see firmware/ocpp/v16/smart_charging.py).
+    _ro_int(
+        "ChargeProfileMaxStackLevel", SMART_MAX_STACK_LEVEL, doc="highest stackLevel accepted", profile="SmartCharging"
+    ),
+    KeySpec(
+        "ChargingScheduleAllowedChargingRateUnit",
+        "csl",
+        True,
+        "Current,Power",
+        "SmartCharging",
+        doc="chargingRateUnit values accepted in a charging schedule (A and W)",
+        validator=Members(frozenset({"Current", "Power"})),
+        max_length=2,
+    ),
+    _ro_int(
+        "ChargingScheduleMaxPeriods",
+        SMART_MAX_PERIODS,
+        doc="chargingSchedulePeriod entries accepted in one schedule",
+        profile="SmartCharging",
+    ),
+    _ro_int(
+        "MaxChargingProfilesInstalled",
+        SMART_MAX_PROFILES,
+        doc="charging profiles the charge point keeps at one time",
+        profile="SmartCharging",
+    ),
     # ── Security whitepaper ed. 2 ───────────────────────────────────────────────────────────────────────
     KeySpec(
         "SecurityProfile",

@@ -133,6 +133,32 @@ class CentralSystemLink(ChargePoint):  # type: ignore[misc]
     def on_cancel_reservation(self, reservation_id: int, **kw: Any) -> Any:
         return call_result.CancelReservation(status=self.service.cancel_reservation(reservation_id))
 
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any], **kw: Any) -> Any:
+        status = self.service.smart_charging.set_profile(connector_id, cs_charging_profiles)
+        return call_result.SetChargingProfile(status=status)
+
+    @on(Action.clear_charging_profile)
+    def on_clear_charging_profile(
+        self,
+        id: int | None = None,
+        connector_id: int | None = None,
+        charging_profile_purpose: str | None = None,
+        stack_level: int | None = None,
+        **kw: Any,
+    ) -> Any:
+        status = self.service.smart_charging.clear_profiles(id, connector_id, charging_profile_purpose, stack_level)
+        return call_result.ClearChargingProfile(status=status)
+
+    @on(Action.get_composite_schedule)
+    async def on_get_composite_schedule(
+        self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **kw: Any
+    ) -> Any:
+        answer = await self.service.smart_charging.composite(connector_id, duration, charging_rate_unit)
+        if answer is None:
+            return call_result.GetCompositeSchedule(status="Rejected")
+        return call_result.GetCompositeSchedule(status="Accepted", **answer)
+
     @on(Action.trigger_message)
     def on_trigger_message(self, requested_message: str, connector_id: int | None = None, **kw: Any) -> Any:
         return call_result.TriggerMessage(status=self.service.trigger_status(requested_message, connector_id))

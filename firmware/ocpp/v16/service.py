@@ -30,6 +30,7 @@ from firmware.ocpp.outbox import Outbox
 from firmware.ocpp.v16.configuration import Configuration
 from firmware.ocpp.v16.link import CentralSystemLink
 from firmware.ocpp.v16.meter_values import iso
+from firmware.ocpp.v16.smart_charging import SmartCharging
 from firmware.ocpp.v16.transactions import CONNECTOR, TransactionReporter
 from firmware.session import SessionManager
 from hal.clock import Clock
@@ -97,6 +98,7 @@ class OcppService:
         clock: Clock,
         firmware_version: str,
         restart: Callable[[str], None],
+        smart_charging: SmartCharging,
         response_timeout_s: float = 30.0,
     ) -> None:
         self.charge_point_id = charge_point_id
@@ -130,6 +132,11 @@ class OcppService:
             clock=clock,
             kick=self._kick.set,
         )
+        self.smart_charging = smart_charging
+        # After the reporter's own listener: a started session has its transaction ref by then.
+        sessions.on_session_started(smart_charging.on_session_started)
+        self.transactions.on_transaction_ended(smart_charging.on_transaction_ended)
+        sampler.add_reading_listener(smart_charging.on_meter_reading)
         controller.add_listener(self._on_controller_event)
 
     # ---- state --------------------------------------------------------------------------
@@ -148,8 +155,11 @@ class OcppService:
 
     # ---- running ------------------------------------------------------------------------
     async def run(self) -> None:
-        await self.transactions.recover_power_loss()
-        await self.connection.run(self._session)
+        """The CSMS link and, beside it, the smart-charging claim (profiles are local: it runs offline too)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.smart_charging.run(), name="ocpp-smart-charging")
+            await self.transactions.recover_power_loss()
+            await self.connection.run(self._session)
 
     async def _session(self, ws: Any) -> None:
         link = CentralSystemLink(self.charge_point_id, ws, self, self.response_timeout_s)
@@ -315,14 +325,20 @@ class OcppService:
 
     # ---- CSMS-initiated ------------------------------------------------------------------
     def remote_start(self, id_tag: str, connector_id: int | None, charging_profile: Any) -> str:
-        if connector_id not in (None, CONNECTOR) or charging_profile is not None:
-            return "Rejected"  # profiles arrive with smart charging
+        if connector_id not in (None, CONNECTOR):
+            return "Rejected"
+        profile = None
+        if charging_profile is not None:
+            profile = self.smart_charging.remote_start_profile(charging_profile, connector_id)
+            if profile is None:
+                return "Rejected"
         connector = self.controller.connector
         if connector.in_session or connector.authorized or not connector.operative:
             return "Rejected"
         if connector.status in (Status.FAULTED, Status.UNAVAILABLE):
             return "Rejected"
         self._pending_remote_start = id_tag
+        self.smart_charging.hold_for_remote_start(id_tag, profile)
         return "Accepted"
 
     async def remote_start_followup(self, id_tag: str) -> None:

@@ -60,8 +60,20 @@ class TransactionReporter:
         self._aligned_for_stop: list[dict[str, Any]] = []
         #: (transaction ref, register Wh at which to stop) after an idTag was found invalid (MaxEnergyOnInvalidId).
         self._energy_cap: tuple[int, float] | None = None
+        self._ended_listeners: list[Callable[[int], None]] = []
         sessions.on_session_started(self.on_session_started)
         sessions.on_session_finished(self.on_session_finished)
+
+    def on_transaction_ended(self, listener: Callable[[int], None]) -> None:
+        """``listener(ref)`` once a transaction is stopped, by its session or by power-loss recovery."""
+        self._ended_listeners.append(listener)
+
+    def _ended(self, ref: int) -> None:
+        for listener in self._ended_listeners:
+            try:
+                listener(ref)
+            except Exception:
+                log.exception("transaction-ended listener failed for transaction %d", ref)
 
     def on_session_started(self, record: SessionRecord) -> None:
         self._aligned_for_stop = []
@@ -89,6 +101,7 @@ class TransactionReporter:
         meter_stop = record.meter_stop_wh if record.meter_stop_wh is not None else (record.meter_start_wh or 0.0)
         self.outbox.end_transaction(ref, meter_stop, stopped, record.stop_reason or "Other")
         self._enqueue_stop(ref, meter_stop, stopped, record.stop_reason or "Other", record.id_tag)
+        self._ended(ref)
 
     def _enqueue_stop(self, ref: int, meter_stop: float, stopped: datetime, reason: str, id_tag: str | None) -> None:
         payload: dict[str, Any] = {
@@ -126,6 +139,7 @@ class TransactionReporter:
             log.warning("transaction %s (%s) was cut by a power loss: stopping it", tx.ref, tx.id_tag)
             self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
             self._enqueue_stop(tx.ref, meter_stop, now, "PowerLoss", tx.id_tag)
+            self._ended(tx.ref)
 
     def sample_meter_values(
         self,
