@@ -28,7 +28,7 @@ from firmware.limits.manager import LimitsError, LimitsManager
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
 from hal.clock import Clock, SystemClock
-from hal.interfaces import Hardware
+from hal.interfaces import Hardware, MeterReading
 
 if TYPE_CHECKING:
     from hal.sim import SimBench
@@ -58,6 +58,9 @@ def unsupported(settings: Settings) -> list[str]:
         errors.append('hal.backend: the Raspberry Pi hardware backend is not in this build yet; use "sim"')
     if settings.meter.model not in ("auto", "sim") and backend == "sim":
         errors.append(f'meter.model: the "{settings.meter.model}" Modbus driver is not in this build yet; use "sim"')
+    grid = settings.grid_meter
+    if grid is not None and grid.model not in ("auto", "sim") and backend == "sim":
+        errors.append(f'grid_meter.model: the "{grid.model}" Modbus driver is not in this build yet; use "sim"')
     if settings.rfid.reader not in ("auto", "sim", "none") and backend == "sim":
         errors.append(f'rfid.reader: the "{settings.rfid.reader}" driver is not in this build yet; use "sim"')
     return errors
@@ -177,6 +180,32 @@ class ChargePointApp:
     def _add_limit_sources(self) -> None:
         """The local claims the settings ask for; each source lives in its own module under firmware.limits."""
         s = self.settings
+        hw = self.hardware
+        if s.site.fuse_a > 0:
+            from firmware.limits.site import SiteFuseGuard, SiteFuseParams
+
+            if hw.grid_meter is None:
+                raise RuntimeError("site.fuse_a is set but the hardware has no grid meter")
+            params = SiteFuseParams(
+                fuse_a=s.site.fuse_a,
+                margin_a=s.site.margin_a,
+                fallback_a=s.site.fallback_a,
+                stale_after_s=s.site.stale_after_s,
+                rise_delay_s=s.site.rise_delay_s,
+                poll_interval_s=s.site.poll_interval_s,
+                phases=tuple(range(1, s.charger.phases + 1)),
+            )
+            self.limits.add("site", SiteFuseGuard(hw.grid_meter, self.arbiter, self.clock, self._own_reading, params))
+        if hw.thermometer is not None:
+            from firmware.limits.thermal import ThermalGuard, ThermalParams
+
+            thermal = ThermalParams(
+                derate_start_c=s.thermal.derate_start_c,
+                cutoff_c=s.thermal.cutoff_c,
+                hysteresis_c=s.thermal.hysteresis_c,
+                full_a=s.charger.max_current_a,
+            )
+            self.limits.add("thermal", ThermalGuard(hw.thermometer, self.arbiter, self.clock, thermal))
         if s.offpeak.windows:
             from firmware.limits.manager import OffPeakSource
             from firmware.limits.offpeak import OffPeakGate
@@ -186,6 +215,9 @@ class ChargePointApp:
             )
             self.limits.add("offpeak", source)
             self.limits.offpeak = source
+
+    def _own_reading(self) -> MeterReading | None:
+        return self.sampler.latest
 
     # ---- status API --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -254,6 +286,13 @@ class ChargePointApp:
                 bench.set_ev_ventilation(bool(value))
             elif action == "ev.request":
                 bench.ev_request(bool(value))
+            elif action == "house_load":
+                load = tuple(float(v) for v in value) if isinstance(value, list) else float(value)
+                bench.set_house_load(load)  # type: ignore[arg-type]  # the bench checks length and values
+            elif action == "temperature":
+                bench.set_temperature_c(float(value))
+            elif action == "ambient":
+                bench.set_ambient_c(float(value))
             elif action == "fault":
                 bench.inject(str(value))
             elif action == "clear":

@@ -92,6 +92,7 @@ def _duration_s(text: str) -> float:
     return seconds
 
 
+_celsius = _number("temperature", lambda v: -60.0 <= v <= 200.0, "must be between -60 and 200 °C")
 _percent = _number("percentage", lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
 _positive = _number("number", lambda v: v > 0, "must be greater than 0")
 
@@ -561,6 +562,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("on", choices=("on", "off"))
     p = leaf(ev_sub, "request", _sim("ev.request", lambda a: a.on == "on"), "EV asks for power (B↔C)", daemon)
     p.add_argument("on", choices=("on", "off"))
+    p = leaf(
+        sim_sub,
+        "house-load",
+        _sim("house_load", lambda a: a.amps[0] if len(a.amps) == 1 else a.amps),
+        "the house's own load at the simulated grid meter",
+        daemon,
+    )
+    p.add_argument("amps", type=_amps, nargs="+", metavar="A", help="one value for all phases, or L1 L2 L3")
+    p = leaf(
+        sim_sub, "temperature", _sim("temperature", lambda a: a.celsius), "force the charger's temperature", daemon
+    )
+    p.add_argument("celsius", type=_celsius, metavar="C")
+    p = leaf(sim_sub, "ambient", _sim("ambient", lambda a: a.celsius), "the air temperature around it", daemon)
+    p.add_argument("celsius", type=_celsius, metavar="C")
     p = leaf(sim_sub, "fault", _sim("fault", lambda a: a.kind), "inject a hardware fault", daemon)
     p.add_argument("kind", choices=FAULT_KINDS, metavar="KIND", help=", ".join(FAULT_KINDS))
     p = leaf(sim_sub, "clear", _sim("clear", lambda a: a.kind), "clear one fault, or all", daemon)

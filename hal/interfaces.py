@@ -110,6 +110,16 @@ class EnergyMeter(Protocol):
         """One reading; raises :class:`DeviceError` ("meter") on failure."""
 
 
+class Thermometer(Protocol):
+    """The charger's own temperature sensor (terminals / enclosure), used to derate the current."""
+
+    def read_c(self) -> float:
+        """The latest temperature in °C; never blocks (a backend samples on its own schedule).
+
+        Raises :class:`DeviceError` ("thermometer") when the sensor is lost or reads nonsense.
+        """
+
+
 @dataclass(frozen=True, slots=True)
 class CardTap:
     """One presentation of a card: its UID bytes, ISO 14443-3 order (byte 0 first)."""
@@ -164,3 +174,7 @@ class Hardware:
     indicator: Indicator
     #: Optional extras a backend offers (e.g. the simulated bench), keyed by name.
     extras: dict[str, object] = field(default_factory=dict)
+    #: The site's grid-connection (house) meter, upstream of the charger; None when not installed.
+    grid_meter: EnergyMeter | None = None
+    #: The charger's temperature sensor for derating; None when not installed.
+    thermometer: Thermometer | None = None

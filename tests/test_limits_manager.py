@@ -107,6 +107,7 @@ async def advance(app: ChargePointApp, clock: FakeClock, seconds: float, dt: flo
     for _ in range(round(seconds / dt)):
         clock.advance(dt)
         app.sim.tick()
+        app.controller.wake()  # the control loop's own timer runs in real time, not on the fake clock
         await asyncio.sleep(0.002)
 
 
@@ -194,6 +195,58 @@ async def test_offpeak_holds_outside_the_window_and_boost_lifts_it(capsys: pytes
         await asyncio.sleep(0.05)
         assert charge_point.controller.offered_a == 0.0
         assert charge_point.controller.connector.status.value == "SuspendedEVSE"
+    finally:
+        stop.set()
+        await task
+
+
+async def test_site_fuse_and_thermal_are_wired_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from firmware.config import MeterSettings
+    from firmware.limits.site import SiteFuseGuard
+
+    work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
+    settings = demo_settings(default_settings(), work)
+    settings = replace(
+        settings,
+        auth=replace(settings.auth, mode="free"),
+        grid_meter=MeterSettings(model="sim"),
+        site=replace(settings.site, fuse_a=35.0, margin_a=2.0, fallback_a=6.0),
+    )
+    clock = FakeClock()
+    charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(charge_point.run(stop))
+    sock = settings.control.socket
+    try:
+        await asyncio.sleep(0.05)
+        assert charge_point.sim is not None
+        guard = charge_point.limits._sources["site"]
+        assert isinstance(guard, SiteFuseGuard)
+        assert "thermal" in charge_point.limits._sources
+        charge_point.sim.plug()
+        await guard.poll_once()
+        await advance(charge_point, clock, 8.0)
+        await guard.poll_once()
+        assert charge_point.controller.offered_a == 32.0
+
+        assert await run_cli("sim", "house-load", "20", "--socket", sock) == 0
+        await advance(charge_point, clock, 0.1)
+        await guard.poll_once()
+        await asyncio.sleep(0.05)
+        assert charge_point.controller.offered_a == 13.0  # 35 - 20 - 2
+        assert charge_point.arbiter.get("site").reason == "fuse 35 A - other load 20.0 A (L1) - margin 2 A = 13.0 A"  # type: ignore[union-attr]
+
+        assert await run_cli("sim", "fault", "grid-meter", "--socket", sock) == 0
+        await advance(charge_point, clock, 6.0)
+        await guard.poll_once()
+        await asyncio.sleep(0.05)
+        assert charge_point.controller.offered_a == 6.0
+        assert charge_point.controller.connector.status.value == "Charging"
+        capsys.readouterr()
+        assert await run_cli("limits", "--socket", sock) == 0
+        out = capsys.readouterr().out
+        assert "winner: site 6.0 A (grid meter silent" in out
+        assert "\nsite: " in out and "\nthermal: " in out
     finally:
         stop.set()
         await task

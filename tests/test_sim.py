@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hal.clock import FakeClock
 from hal.iec61851 import current_for_duty, duty_for_current
 from hal.interfaces import CardTap, DeviceError, IndicatorPattern, PilotConstant, PilotLevels
-from hal.sim import FAULT_KINDS, EVParams, SimBench, SimulatedEV
+from hal.sim import FAULT_KINDS, EVParams, SimBench, SimulatedEV, ThermalModelParams
 
 
 @pytest.fixture
@@ -298,7 +298,10 @@ def test_fault_inputs_and_kinds(bench: SimBench) -> None:
         bench.inject("flood")
     with pytest.raises(ValueError):
         bench.clear("flood")
-    assert len(FAULT_KINDS) == 9
+    assert len(FAULT_KINDS) == 11
+    bench.inject("grid-meter")
+    bench.inject("thermometer")
+    assert bench.faults.active() == frozenset()  # limit inputs, not hard-wired fault inputs
 
 
 # -- meter, reader, indicator ------------------------------------------------------------------
@@ -394,6 +397,158 @@ def test_hardware_and_snapshot(bench: SimBench, clock: FakeClock) -> None:
     assert snap["contactor_physical"] is True
     assert snap["faults"] == ["overtemp"]
     assert isinstance(snap["energy_wh"], float) and snap["energy_wh"] > 0
+    assert hw.grid_meter is bench.grid_meter and hw.thermometer is bench.thermometer
+    bench.set_house_load((1.0, 2.0, 3.0))
+    bench.set_ambient_c(30.0)
+    snap = bench.snapshot()
+    json.dumps(snap)
+    assert snap["house_load_a"] == [1.0, 2.0, 3.0]
+    assert snap["grid_current_a"] == [17.0, 18.0, 19.0]
+    assert snap["ambient_c"] == 30.0
+    assert isinstance(snap["temperature_c"], float) and snap["temperature_c"] > 30.0  # heated by 16 A
+
+
+# -- grid meter --------------------------------------------------------------------------------------
+async def test_grid_meter_is_house_load_plus_the_ev_on_its_phases(clock: FakeClock) -> None:
+    bench = SimBench(clock, ev=EVParams(phases=2), house_load_a=4.0)
+    reading = await bench.grid_meter.read()
+    assert reading.current_a == (4.0, 4.0, 4.0)
+    assert reading.voltage_v == (230.0, 230.0, 230.0)
+    assert reading.total_power_w == pytest.approx(3 * 230.0 * 4.0)
+    charging(bench, clock, 16.0)
+    bench.set_house_load((1.0, 10.0, 0.5))
+    reading = await bench.grid_meter.read()
+    assert reading.current_a == (17.0, 26.0, 0.5)  # the two-phase EV adds to L1 and L2 only
+    assert reading.power_w == (230.0 * 17.0, 230.0 * 26.0, 230.0 * 0.5)
+    assert reading.total_power_w == pytest.approx(230.0 * 43.5)
+    assert reading.taken_at == clock.monotonic()
+    own = await bench.meter.read()
+    assert own.current_a == (16.0, 16.0, 0.0)
+
+
+async def test_grid_register_integrates_house_and_ev_exactly(clock: FakeClock) -> None:
+    bench = SimBench(clock)
+    start = (await bench.grid_meter.read()).energy_import_wh
+    assert start == 0.0
+    bench.set_house_load(10.0)
+    clock.advance(3600.0)  # no tick in between: the register still covers the whole hour
+    reading = await bench.grid_meter.read()
+    assert reading.energy_import_wh == pytest.approx(3 * 230.0 * 10.0)  # 6.9 kWh
+    charging(bench, clock, 16.0)
+    bench.set_house_load((0.0, 5.0, 0.0))
+    run(bench, clock, 1800.0)
+    house = 6900.0 + 230.0 * 10.0 * 3 * (12.02 / 3600.0) + 230.0 * 5.0 * 0.5
+    grid_wh = (await bench.grid_meter.read()).energy_import_wh
+    assert bench.house_energy_wh == pytest.approx(house)
+    assert grid_wh == pytest.approx(house + (await bench.meter.read()).energy_import_wh)
+    assert bench.meter.reading().energy_import_wh > 16.0 * 230.0 * 3 * 0.5 * 0.99  # the EV's half hour at 16 A
+
+
+def test_grid_register_does_not_depend_on_the_tick_rate() -> None:
+    coarse_clock, fine_clock = FakeClock(), FakeClock()
+    coarse, fine = SimBench(coarse_clock, house_load_a=7.0), SimBench(fine_clock, house_load_a=7.0)
+    for bench, clock in ((coarse, coarse_clock), (fine, fine_clock)):
+        charging(bench, clock, 20.0)
+        bench.set_house_load((3.0, 0.0, 9.0))
+    run(coarse, coarse_clock, 600.0)
+    for _ in range(6000):
+        run(fine, fine_clock, 0.1)
+    assert fine.grid_meter.reading().energy_import_wh == pytest.approx(coarse.grid_meter.reading().energy_import_wh)
+
+
+async def test_grid_meter_fault_and_bad_house_loads(bench: SimBench) -> None:
+    bench.inject("grid-meter")
+    with pytest.raises(DeviceError) as info:
+        await bench.grid_meter.read()
+    assert info.value.kind == "grid-meter"
+    assert (await bench.meter.read()).voltage_v == (230.0, 230.0, 230.0)  # the charger's own meter still answers
+    bench.clear("grid-meter")
+    assert (await bench.grid_meter.read()).current_a == (0.0, 0.0, 0.0)
+    for bad in (-1.0, math.nan, math.inf, (1.0, 2.0), (1.0, -2.0, 3.0)):
+        with pytest.raises(ValueError):
+            bench.set_house_load(bad)  # type: ignore[arg-type]
+    assert bench.house_load_a == (0.0, 0.0, 0.0)
+
+
+# -- thermometer -------------------------------------------------------------------------------------
+def test_thermometer_heats_with_current_squared_over_the_time_constant(clock: FakeClock) -> None:
+    heat = ThermalModelParams(ambient_c=20.0, rise_k_per_a2=0.025, time_constant_s=600.0)
+    bench = SimBench(clock, thermal=heat, ev=EVParams(battery_kwh=1000.0))  # never full in this test
+    assert bench.thermometer.read_c() == 20.0
+    charging(bench, clock, 32.0)  # current flows for the last 10 s of it (3.2 s of them ramping up)
+    run(bench, clock, 590.0)
+    rise = 0.025 * 32.0**2  # 25.6 K at steady state
+    # One time constant after the current started: 63 % of the rise (the ramp costs a few hundredths).
+    assert bench.thermometer.read_c() == pytest.approx(20.0 + rise * (1 - math.exp(-1.0)), abs=0.1)
+    assert bench.thermometer.read_c() < 20.0 + rise * (1 - math.exp(-1.0))
+    run(bench, clock, 6000.0)
+    assert bench.thermometer.read_c() == pytest.approx(20.0 + rise, abs=1e-3)
+    bench.set_ev_max_current(16.0)  # a quarter of the heat
+    run(bench, clock, 6000.0)
+    assert bench.thermometer.read_c() == pytest.approx(20.0 + rise / 4, abs=1e-3)
+
+
+def test_thermometer_forced_value_relaxes_and_ambient_shifts(clock: FakeClock) -> None:
+    bench = SimBench(clock)
+    bench.set_temperature_c(85.0)
+    assert bench.thermometer.read_c() == 85.0
+    run(bench, clock, 600.0)  # no current: decays toward ambient with the time constant
+    assert bench.thermometer.read_c() == pytest.approx(25.0 + 60.0 * math.exp(-1.0))
+    bench.set_ambient_c(35.0)
+    assert bench.thermometer.read_c() == pytest.approx(35.0 + 60.0 * math.exp(-1.0))
+    with pytest.raises(ValueError):
+        bench.set_ambient_c(math.nan)
+    with pytest.raises(ValueError):
+        bench.set_temperature_c(math.inf)
+
+
+def test_thermometer_does_not_depend_on_the_tick_rate() -> None:
+    coarse_clock, fine_clock = FakeClock(), FakeClock()
+    coarse, fine = SimBench(coarse_clock), SimBench(fine_clock)
+    for bench, clock in ((coarse, coarse_clock), (fine, fine_clock)):
+        charging(bench, clock, 25.0)
+        bench.pilot.set_duty(duty_for_current(10.0))  # a ramp down inside the next step
+    run(coarse, coarse_clock, 900.0)
+    for _ in range(9000):
+        run(fine, fine_clock, 0.1)
+    assert fine.thermometer.read_c() == pytest.approx(coarse.thermometer.read_c(), abs=1e-3)
+
+
+def test_thermometer_fault(bench: SimBench) -> None:
+    bench.inject("thermometer")
+    with pytest.raises(DeviceError) as info:
+        bench.thermometer.read_c()
+    assert info.value.kind == "thermometer"
+    bench.clear("thermometer")
+    assert bench.thermometer.read_c() == 25.0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.floats(0.0, 60.0), st.tuples(st.floats(0.0, 60.0), st.floats(0.0, 60.0), st.floats(0.0, 60.0))
+            ),
+            st.floats(6.0, 40.0),
+            st.sampled_from([0.0, 0.05, 1.0, 30.0, 600.0]),
+        ),
+        max_size=15,
+    )
+)
+def test_property_grid_meter_is_house_plus_charger(steps: list[tuple[object, float, float]]) -> None:
+    clock = FakeClock()
+    bench = SimBench(clock, ev=EVParams(soc_percent=50.0))
+    charging(bench, clock, 16.0)
+    for load, offer, pause in steps:
+        bench.set_house_load(load)  # type: ignore[arg-type]
+        bench.pilot.set_duty(duty_for_current(offer))
+        run(bench, clock, pause)
+        g, own = bench.grid_meter.reading(), bench.meter.reading()
+        for phase in range(3):
+            assert g.current_a[phase] == pytest.approx(bench.house_load_a[phase] + (own.current_a[phase] or 0.0))
+        assert g.energy_import_wh == pytest.approx(bench.house_energy_wh + own.energy_import_wh)
+        assert bench.thermometer.read_c() >= bench.heat.ambient_c - 1e-9  # heating never cools below ambient
 
 
 # -- property ----------------------------------------------------------------------------------

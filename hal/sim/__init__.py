@@ -2,5 +2,6 @@
 
 from hal.sim.bench import FAULT_KINDS, SimBench
 from hal.sim.ev import EVParams, SimulatedEV
+from hal.sim.thermal import ThermalModel, ThermalModelParams
 
-__all__ = ["FAULT_KINDS", "EVParams", "SimBench", "SimulatedEV"]
+__all__ = ["FAULT_KINDS", "EVParams", "SimBench", "SimulatedEV", "ThermalModel", "ThermalModelParams"]

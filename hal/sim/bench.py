@@ -8,6 +8,7 @@ acts through the devices, and the bench keeps the EV in step with the injected c
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Final
 
@@ -20,10 +21,13 @@ from hal.sim.devices import (
     SimControlPilot,
     SimEnergyMeter,
     SimFaultInputs,
+    SimGridMeter,
     SimIndicator,
     SimProximityPilot,
+    SimThermometer,
 )
 from hal.sim.ev import EVParams, SimulatedEV
+from hal.sim.thermal import ThermalModel, ThermalModelParams
 
 _log = logging.getLogger(__name__)
 
@@ -38,8 +42,14 @@ FAULT_KINDS: Final = (
     "meter",
     "reader",
     "pp-broken",
+    # Peripherals that feed limits, not safety: losing them changes a limit, never trips the charger.
+    "grid-meter",
+    "thermometer",
 )
 DEFAULT_EV: Final = EVParams()
+DEFAULT_THERMAL: Final = ThermalModelParams()
+#: The house's own load: one current for every phase, or (L1, L2, L3).
+HouseLoad = float | tuple[float, float, float]
 #: A listener that keeps changing the bench while notified cannot loop forever.
 _MAX_NOTIFY_ROUNDS: Final = 10
 
@@ -48,7 +58,8 @@ class SimBench:
     """One simulated charge point with one simulated EV, driven by ``clock``.
 
     Attributes: ``ev`` (:class:`SimulatedEV`), ``pilot``, ``proximity``, ``contactor``,
-    ``faults``, ``meter``, ``reader``, ``indicator`` (the devices), ``clock``, ``phases``,
+    ``faults``, ``meter``, ``reader``, ``indicator``, ``grid_meter``, ``thermometer`` (the
+    devices), ``heat`` (the charger's :class:`ThermalModel`), ``clock``, ``phases``,
     ``voltage_v``, ``cable_a`` (None = tethered cable, no PP).
     """
 
@@ -62,6 +73,8 @@ class SimBench:
         feedback: bool = True,
         ev: EVParams = DEFAULT_EV,
         switch_delay_s: float = 0.02,
+        house_load_a: HouseLoad = 0.0,
+        thermal: ThermalModelParams = DEFAULT_THERMAL,
     ) -> None:
         if phases not in (1, 2, 3):
             raise ValueError(f"phases must be 1, 2 or 3, got {phases!r}")
@@ -80,6 +93,11 @@ class SimBench:
         self._notifying = False
         self._notify_again = False
         self.ev = SimulatedEV(ev, now=clock.monotonic(), supply_phases=phases)
+        self.heat = ThermalModel(thermal)
+        self.ev.on_current = self.heat.advance  # the charger heats with the current the EV draws
+        self._house_a = _house_triple(house_load_a)
+        self._house_wh = 0.0
+        self._house_t = clock.monotonic()
         self.pilot = SimControlPilot(self)
         self.proximity = SimProximityPilot(self)
         self.contactor = SimContactor(self, switch_delay_s=switch_delay_s, has_feedback=feedback)
@@ -87,6 +105,8 @@ class SimBench:
         self.meter = SimEnergyMeter(self)
         self.reader = SimCardReader(self)
         self.indicator = SimIndicator()
+        self.grid_meter = SimGridMeter(self)
+        self.thermometer = SimThermometer(self)
         self._seen = self._observed()
 
     def hardware(self) -> Hardware:
@@ -100,7 +120,19 @@ class SimBench:
             reader=self.reader,
             indicator=self.indicator,
             extras={"sim": self},
+            grid_meter=self.grid_meter,
+            thermometer=self.thermometer,
         )
+
+    @property
+    def house_load_a(self) -> tuple[float, float, float]:
+        """The rest of the house's current per phase (A), as the grid meter sees it besides the EV."""
+        return self._house_a
+
+    @property
+    def house_energy_wh(self) -> float:
+        """Energy the house (without the EV) has imported, up to the last tick (Wh)."""
+        return self._house_wh
 
     @property
     def injected(self) -> frozenset[str]:
@@ -149,6 +181,7 @@ class SimBench:
     def _advance(self) -> bool:
         """Bring the EV to now; True if the EV letter or the contacts changed since last seen."""
         now = self.clock.monotonic()
+        self._integrate_house(now)
         switch_at = self.contactor.switch_at
         if self.ev.time < switch_at < now:
             self._update_ev(switch_at)  # the contacts moved in between: the EV sees it then
@@ -158,6 +191,12 @@ class SimBench:
         changed = seen != self._seen
         self._seen = seen
         return changed
+
+    def _integrate_house(self, now: float) -> None:
+        """The house load is constant between changes (each change ticks first): integrate exactly."""
+        if now > self._house_t:
+            self._house_wh += self.voltage_v * sum(self._house_a) * (now - self._house_t) / 3600.0
+            self._house_t = now
 
     def _update_ev(self, until: float) -> None:
         """Advance the EV with the inputs that held since its last update."""
@@ -197,6 +236,24 @@ class SimBench:
     def ev_request(self, on: bool) -> None:
         """The car asks for (True) or declines (False) energy."""
         self._apply(lambda: self.ev.set_wants_charge(on))
+
+    # -- the site around the charger --------------------------------------------------------
+    def set_house_load(self, amps: HouseLoad) -> None:
+        """The house's own load (without the EV): one value for every phase, or (L1, L2, L3)."""
+        load = _house_triple(amps)
+
+        def apply() -> None:
+            self._house_a = load
+
+        self._apply(apply)
+
+    def set_ambient_c(self, celsius: float) -> None:
+        """The air around the charger; its hot spot keeps its rise above it."""
+        self._apply(lambda: self.heat.set_ambient(celsius))
+
+    def set_temperature_c(self, celsius: float) -> None:
+        """Force the charger's temperature now (tests); it then follows the model again."""
+        self._apply(lambda: self.heat.set_temperature(celsius))
 
     @staticmethod
     def _check_kind(kind: str) -> str:
@@ -247,4 +304,19 @@ class SimBench:
             "contactor_physical": self.contactor.physical(),
             "faults": sorted(self._injected),
             "energy_wh": round(ev.energy_wh, 3),
+            "house_load_a": list(self._house_a),
+            "grid_current_a": [None if a is None else round(a, 3) for a in self.grid_meter.reading().current_a],
+            "temperature_c": round(self.heat.temperature_c, 2),
+            "ambient_c": self.heat.ambient_c,
         }
+
+
+def _house_triple(amps: HouseLoad) -> tuple[float, float, float]:
+    """One load for every phase, or three; each a finite number of amperes >= 0 (no export modelled)."""
+    values = (amps, amps, amps) if isinstance(amps, int | float) else tuple(amps)
+    if len(values) != 3:
+        raise ValueError(f"house load needs one value or three (L1, L2, L3), got {amps!r}")
+    for value in values:
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"house load must be amperes >= 0 per phase, got {amps!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))

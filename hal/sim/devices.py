@@ -218,6 +218,52 @@ class SimEnergyMeter:
         )
 
 
+class SimGridMeter:
+    """The site's grid-connection meter, upstream of the charger: house load plus the EV's draw.
+
+    Three phases whatever the charger has; the charger's L1..L3 are on the grid's L1..L3. The
+    "grid-meter" fault makes it stop answering, as a lost RS-485 device would.
+    """
+
+    def __init__(self, bench: SimBench) -> None:
+        self._bench = bench
+
+    async def read(self) -> MeterReading:
+        self._bench.tick()
+        if "grid-meter" in self._bench.injected:
+            raise DeviceError("grid-meter", "simulated grid meter does not answer")
+        return self.reading()
+
+    def reading(self) -> MeterReading:
+        """The reading for the bench's present state, without advancing it or checking faults."""
+        bench = self._bench
+        ev = bench.ev
+        volts = bench.voltage_v
+        amps = [load + (ev.draw_a if phase < ev.phases else 0.0) for phase, load in enumerate(bench.house_load_a)]
+        watts = [volts * a for a in amps]
+        return MeterReading(
+            voltage_v=(volts, volts, volts),
+            current_a=(amps[0], amps[1], amps[2]),
+            power_w=(watts[0], watts[1], watts[2]),
+            total_power_w=sum(watts),
+            energy_import_wh=ev.energy_wh + bench.house_energy_wh,
+            taken_at=bench.clock.monotonic(),
+        )
+
+
+class SimThermometer:
+    """The charger's temperature sensor over the bench's thermal model; "thermometer" breaks it."""
+
+    def __init__(self, bench: SimBench) -> None:
+        self._bench = bench
+
+    def read_c(self) -> float:
+        self._bench.tick()
+        if "thermometer" in self._bench.injected:
+            raise DeviceError("thermometer", "simulated thermometer does not answer")
+        return self._bench.heat.temperature_c
+
+
 class SimCardReader:
     """Card taps put on the bench by the driver; the "reader" fault breaks the stream."""
 

@@ -9,6 +9,7 @@ nothing here reads a clock or sleeps, which keeps every run deterministic.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -94,6 +95,9 @@ class SimulatedEV:
         self._pwm_lost_since: float | None = None
         # Since when the EV has been in C/D with mains present.
         self._powered_since: float | None = None
+        #: Called for every stretch of model time as (seconds, mean of current² over it, A²), in
+        #: order, so a model that depends on the current (the charger's heating) follows it exactly.
+        self.on_current: Callable[[float, float], None] | None = None
 
     # -- what the outside world can observe ------------------------------------------------
     @property
@@ -303,11 +307,25 @@ class SimulatedEV:
             if rate > 0:
                 dt = min(dt, max(_MIN_STEP_S, (threshold - self._soc) / rate))
         amp_seconds, i1 = self._ramp(i0, target, dt)
+        if dt > 0:
+            self._report_current(i0, target, dt)
         energy_wh = voltage_v * amp_seconds * phases / 3600.0
         self._energy_wh += energy_wh
         self._soc = min(FULL_SOC, self._soc + energy_wh / (self.params.battery_kwh * 10.0))
         self._draw = i1
         self._t = t_end if dt >= t_end - self._t else self._t + dt
+
+    def _report_current(self, i0: float, target: float, dt: float) -> None:
+        """Tell :attr:`on_current` about this step: the ramp part, then the constant part."""
+        listener = self.on_current
+        if listener is None:
+            return
+        t_ramp = min(dt, abs(target - i0) / self.params.ramp_a_per_s)
+        if t_ramp > 0:
+            i1 = i0 + math.copysign(self.params.ramp_a_per_s * t_ramp, target - i0)
+            listener(t_ramp, (i0 * i0 + i0 * i1 + i1 * i1) / 3.0)  # mean of i² over a linear ramp
+        if dt - t_ramp > 0:
+            listener(dt - t_ramp, target * target)
 
     def _ramp(self, i0: float, target: float, dt: float) -> tuple[float, float]:
         """Ampere-seconds drawn over ``dt`` while moving from ``i0`` toward ``target``; end current."""
