@@ -206,6 +206,23 @@ class ChargePointApp:
                 full_a=s.charger.max_current_a,
             )
             self.limits.add("thermal", ThermalGuard(hw.thermometer, self.arbiter, self.clock, thermal))
+        if s.solar.enabled:
+            from firmware.limits.solar import SolarGuard, SolarParams
+
+            if hw.grid_meter is None:
+                raise RuntimeError("solar.enabled is set but the hardware has no grid meter")
+            solar = SolarParams(
+                start_delay_s=s.solar.start_delay_s,
+                stop_delay_s=s.solar.stop_delay_s,
+                allow_import_w=s.solar.allow_import_w,
+                poll_interval_s=s.solar.poll_interval_s,
+                stale_after_s=s.solar.stale_after_s,
+                phases=s.charger.phases,
+                nominal_voltage_v=s.charger.nominal_voltage_v,
+            )
+            guard = SolarGuard(hw.grid_meter, self.arbiter, self.clock, self._own_reading, solar)
+            self.limits.add("solar", guard)
+            self.limits.solar = guard
         if s.offpeak.windows:
             from firmware.limits.manager import OffPeakSource
             from firmware.limits.offpeak import OffPeakGate
@@ -289,6 +306,9 @@ class ChargePointApp:
             elif action == "house_load":
                 load = tuple(float(v) for v in value) if isinstance(value, list) else float(value)
                 bench.set_house_load(load)  # type: ignore[arg-type]  # the bench checks length and values
+            elif action == "pv":
+                power = tuple(float(v) for v in value) if isinstance(value, list) else float(value)
+                bench.set_pv_power(power)  # type: ignore[arg-type]  # the bench checks length and values
             elif action == "temperature":
                 bench.set_temperature_c(float(value))
             elif action == "ambient":

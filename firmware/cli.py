@@ -92,6 +92,7 @@ def _duration_s(text: str) -> float:
     return seconds
 
 
+_watts = _number("power", lambda v: v >= 0, "must be 0 or more watts")
 _celsius = _number("temperature", lambda v: -60.0 <= v <= 200.0, "must be between -60 and 200 °C")
 _percent = _number("percentage", lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
 _positive = _number("number", lambda v: v > 0, "must be greater than 0")
@@ -544,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--for", dest="duration", type=_duration_s, metavar="DURATION", help="e.g. 2h")
     leaf(lim_sub, "unboost", _limits("unboost", lambda a: {}), "cancel a boost", daemon)
+    p = leaf(lim_sub, "solar", _limits("solar", lambda a: {"on": a.on == "on"}), "solar surplus charging", daemon)
+    p.add_argument("on", choices=("on", "off"))
 
     sim = sub.add_parser("sim", help="drive the simulated hardware of a running daemon", parents=daemon)
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="ACTION", required=True)
@@ -570,6 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
         daemon,
     )
     p.add_argument("amps", type=_amps, nargs="+", metavar="A", help="one value for all phases, or L1 L2 L3")
+    p = leaf(
+        sim_sub,
+        "pv",
+        _sim("pv", lambda a: a.watts[0] if len(a.watts) == 1 else a.watts),
+        "solar power behind the simulated grid meter",
+        daemon,
+    )
+    p.add_argument("watts", type=_watts, nargs="+", metavar="W", help="a total spread over 3 phases, or L1 L2 L3")
     p = leaf(
         sim_sub, "temperature", _sim("temperature", lambda a: a.celsius), "force the charger's temperature", daemon
     )

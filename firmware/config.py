@@ -377,6 +377,28 @@ class ThermalSettings:
 
 
 @dataclass(frozen=True)
+class SolarSettings:
+    """Charge from the solar surplus seen as export at the [grid_meter]."""
+
+    enabled: bool = setting(False, "charge only from solar surplus (needs [grid_meter]); evse limits solar on|off")
+    start_delay_s: float = setting(
+        60.0, "surplus must stay at 6 A or more this long before charging starts", unit="s", min=0, max=3600
+    )
+    stop_delay_s: float = setting(
+        300.0,
+        "surplus must stay below 6 A this long before charging stops (held at 6 A meanwhile)",
+        unit="s",
+        min=0,
+        max=7200,
+    )
+    allow_import_w: float = setting(
+        0.0, "grid import tolerated while following the surplus", unit="W", min=0, max=50000
+    )
+    poll_interval_s: float = setting(2.0, "how often the grid meter is read for the surplus", unit="s", min=0.2, max=60)
+    stale_after_s: float = setting(10.0, "grid data older than this pauses solar charging", unit="s", min=1, max=600)
+
+
+@dataclass(frozen=True)
 class SimSettings:
     """The simulated EV and cable, used when the hardware is simulated."""
 
@@ -408,6 +430,7 @@ class Settings:
     sharing: SharingSettings = field(default_factory=SharingSettings)
     offpeak: OffpeakSettings = field(default_factory=OffpeakSettings)
     thermal: ThermalSettings = field(default_factory=ThermalSettings)
+    solar: SolarSettings = field(default_factory=SolarSettings)
     sim: SimSettings = field(default_factory=SimSettings)
 
 
@@ -551,6 +574,8 @@ def _cross_checks(s: Settings, bad: set[str]) -> Iterator[str]:
         yield "site.fuse_a: site fuse protection needs a [grid_meter] section"
     if 0 < s.site.fuse_a <= s.site.margin_a and valid("site.fuse_a", "site.margin_a"):
         yield f"site.margin_a: {_show(s.site.margin_a)} leaves nothing of the {_show(s.site.fuse_a)} A fuse"
+    if s.solar.enabled and s.grid_meter is None and valid("solar.enabled"):
+        yield "solar.enabled: solar surplus charging needs a [grid_meter] section"
     share = s.sharing
     if share.fallback_a > share.fuse_a - share.margin_a and valid("sharing.fallback_a", "sharing.fuse_a"):
         yield f"sharing.fallback_a: {_show(share.fallback_a)} A does not fit the shared fuse minus its margin"

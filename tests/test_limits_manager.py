@@ -250,3 +250,50 @@ async def test_site_fuse_and_thermal_are_wired_from_the_settings(capsys: pytest.
     finally:
         stop.set()
         await task
+
+
+async def test_solar_holds_until_surplus_and_can_be_switched_off(capsys: pytest.CaptureFixture[str]) -> None:
+    from firmware.config import MeterSettings
+    from firmware.limits.solar import SolarGuard
+
+    work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
+    settings = demo_settings(default_settings(), work)
+    settings = replace(
+        settings,
+        auth=replace(settings.auth, mode="free"),
+        grid_meter=MeterSettings(model="sim"),
+        solar=replace(settings.solar, enabled=True, start_delay_s=0),
+    )
+    clock = FakeClock()
+    charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(charge_point.run(stop))
+    sock = settings.control.socket
+    try:
+        await asyncio.sleep(0.05)
+        assert charge_point.sim is not None
+        guard = charge_point.limits._sources["solar"]
+        assert isinstance(guard, SolarGuard)
+        charge_point.sim.plug()
+        await advance(charge_point, clock, 3.0)
+        await guard.poll_once()
+        await advance(charge_point, clock, 3.0)
+        assert charge_point.controller.connector.status.value == "SuspendedEVSE"
+        assert charge_point.arbiter.get("solar").current_a == 0.0  # type: ignore[union-attr]
+
+        assert await run_cli("sim", "pv", "6900", "--socket", sock) == 0  # 10 A per phase of export
+        await advance(charge_point, clock, 0.5)
+        await guard.poll_once()
+        await guard.poll_once()
+        await advance(charge_point, clock, 6.0)
+        assert charge_point.controller.connector.status.value == "Charging"
+        assert charge_point.controller.offered_a == 10.0
+
+        assert await run_cli("limits", "solar", "off", "--socket", sock) == 0
+        assert "solar surplus charging off" in capsys.readouterr().out
+        assert charge_point.arbiter.get("solar") is None
+        await advance(charge_point, clock, 6.0)
+        assert charge_point.controller.offered_a == 32.0
+    finally:
+        stop.set()
+        await task

@@ -523,6 +523,124 @@ def test_thermometer_fault(bench: SimBench) -> None:
     assert bench.thermometer.read_c() == 25.0
 
 
+# -- PV behind the grid meter ------------------------------------------------------------------------
+async def test_pv_total_is_spread_and_grid_power_is_signed_current_unsigned(clock: FakeClock) -> None:
+    bench = SimBench(clock, house_load_a=2.0, pv_power_w=6900.0)
+    assert bench.pv_power_w == (2300.0, 2300.0, 2300.0)
+    reading = await bench.grid_meter.read()
+    # 2 A of house load against 10 A of PV per phase: 8 A flow out on every phase.
+    assert reading.current_a == pytest.approx((8.0, 8.0, 8.0))
+    assert reading.power_w == pytest.approx((-1840.0, -1840.0, -1840.0))
+    assert reading.total_power_w == pytest.approx(-5520.0)
+    bench.set_pv_power(0.0)
+    assert (await bench.grid_meter.read()).power_w == pytest.approx((460.0, 460.0, 460.0))
+
+
+async def test_pv_per_phase_against_a_two_phase_ev(clock: FakeClock) -> None:
+    bench = SimBench(clock, ev=EVParams(phases=2), house_load_a=2.0)
+    charging(bench, clock, 16.0)
+    bench.set_pv_power((0.0, 2300.0, 4600.0))
+    reading = await bench.grid_meter.read()
+    assert reading.current_a == pytest.approx((18.0, 8.0, 18.0))  # L3 exports 18 A: still a positive current
+    assert reading.power_w == pytest.approx((4140.0, 1840.0, -4140.0))
+    assert reading.total_power_w == pytest.approx(1840.0)
+    assert all(a is not None and a >= 0 for a in reading.current_a)
+    snap = bench.snapshot()
+    json.dumps(snap)
+    assert snap["pv_power_w"] == 6900.0 and snap["pv_phase_w"] == [0.0, 2300.0, 4600.0]
+    assert snap["grid_power_w"] == [4140.0, 1840.0, -4140.0]
+    assert snap["grid_current_a"] == [18.0, 8.0, 18.0]
+
+
+def test_pv_import_and_export_registers_split_a_ramp_exactly(clock: FakeClock) -> None:
+    # 6900 W of PV, no house load: the site exports until the EV's ramp (10 A/s on 3 phases, 690 W per A)
+    # crosses 10 A, one second into it. One big step must give the piecewise-exact registers.
+    bench = SimBench(clock, pv_power_w=6900.0)
+    bench.plug()
+    bench.pilot.set_duty(duty_for_current(16.0))
+    run(bench, clock, 1.0)
+    assert bench.ev.state == "C"
+    import0, export0 = bench.grid_import_wh, bench.grid_export_wh
+    assert import0 == 0.0 and export0 == pytest.approx(6900.0 / 3600.0)
+    bench.contactor.command(True)
+    run(bench, clock, 10.0)
+    before_current = 6900.0 * 1.02  # switch delay + current onset, all exported (J)
+    ramp_export = 6900.0 / 2  # net -6900 W rising linearly to 0 over 1 s
+    ramp_import = 6900.0 * 0.6**2 / 2  # then 0 to +4140 W over 0.6 s
+    steady_import = 4140.0 * (10.0 - 1.02 - 1.6)
+    assert bench.grid_export_wh - export0 == pytest.approx((before_current + ramp_export) / 3600.0)
+    assert bench.grid_import_wh - import0 == pytest.approx((ramp_import + steady_import) / 3600.0)
+    assert bench.grid_meter.reading().energy_import_wh == bench.grid_import_wh
+    assert bench.pv_energy_wh == pytest.approx(6900.0 * 11.0 / 3600.0)
+    snap = bench.snapshot()
+    assert snap["grid_export_wh"] == round(bench.grid_export_wh, 3)
+
+
+def test_pv_registers_do_not_depend_on_the_tick_rate() -> None:
+    coarse_clock, fine_clock = FakeClock(), FakeClock()
+    coarse = SimBench(coarse_clock, house_load_a=3.0, pv_power_w=9000.0)
+    fine = SimBench(fine_clock, house_load_a=3.0, pv_power_w=9000.0)
+    for bench, clock in ((coarse, coarse_clock), (fine, fine_clock)):
+        charging(bench, clock, 20.0)
+        bench.pilot.set_duty(duty_for_current(6.0))  # ramps down through the zero crossing inside the next step
+    run(coarse, coarse_clock, 60.0)
+    for _ in range(600):
+        run(fine, fine_clock, 0.1)
+    assert fine.grid_import_wh == pytest.approx(coarse.grid_import_wh)
+    assert fine.grid_export_wh == pytest.approx(coarse.grid_export_wh)
+    assert coarse.grid_export_wh > 0 and coarse.grid_import_wh > 0
+
+
+def test_bad_pv_powers_are_refused(bench: SimBench) -> None:
+    bench.set_pv_power((100.0, 200.0, 300.0))
+    for bad in (-1.0, math.nan, math.inf, (1.0, 2.0), (1.0, -2.0, 3.0), (1.0, math.nan, 3.0), "3000"):
+        with pytest.raises(ValueError):
+            bench.set_pv_power(bad)  # type: ignore[arg-type]
+    assert bench.pv_power_w == (100.0, 200.0, 300.0)
+    with pytest.raises(ValueError):
+        SimBench(FakeClock(), pv_power_w=-5.0)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 30.0),
+            st.one_of(
+                st.floats(0.0, 30000.0),
+                st.tuples(st.floats(0.0, 10000.0), st.floats(0.0, 10000.0), st.floats(0.0, 10000.0)),
+            ),
+            st.floats(6.0, 32.0),
+            st.sampled_from([0.0, 0.05, 0.7, 1.0, 30.0, 600.0]),
+        ),
+        max_size=15,
+    )
+)
+def test_property_grid_meter_with_pv_is_house_plus_charger_minus_pv(
+    steps: list[tuple[float, object, float, float]],
+) -> None:
+    clock = FakeClock()
+    bench = SimBench(clock, ev=EVParams(soc_percent=50.0))
+    charging(bench, clock, 16.0)
+    imported, exported = bench.grid_import_wh, bench.grid_export_wh
+    for house, pv, offer, pause in steps:
+        bench.set_house_load(house)
+        bench.set_pv_power(pv)  # type: ignore[arg-type]
+        bench.pilot.set_duty(duty_for_current(offer))
+        run(bench, clock, pause)
+        g, own = bench.grid_meter.reading(), bench.meter.reading()
+        for phase in range(3):
+            watts = 230.0 * (bench.house_load_a[phase] + (own.current_a[phase] or 0.0)) - bench.pv_power_w[phase]
+            assert g.power_w[phase] == pytest.approx(watts, abs=1e-6)
+            assert g.current_a[phase] == pytest.approx(abs(watts) / 230.0, abs=1e-9)
+        assert g.total_power_w == pytest.approx(sum(w for w in g.power_w if w is not None), abs=1e-6)
+        # The registers only grow, and import - export is the net energy: house + EV - PV.
+        assert bench.grid_import_wh >= imported - 1e-9 and bench.grid_export_wh >= exported - 1e-9
+        imported, exported = bench.grid_import_wh, bench.grid_export_wh
+        net = bench.house_energy_wh + own.energy_import_wh - bench.pv_energy_wh
+        assert imported - exported == pytest.approx(net, abs=1e-6)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(

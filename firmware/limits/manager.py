@@ -70,6 +70,10 @@ class OffPeakSource:
         self._woken.set()  # the runner recomputes when to wake next
 
 
+class Switchable(Protocol):
+    def set_enabled(self, enabled: bool) -> None: ...
+
+
 class LimitsManager:
     """Owns the manual override and the off-peak boost; lists every source's details beside the claims."""
 
@@ -79,6 +83,7 @@ class LimitsManager:
         self._wake = wake
         self._sources: dict[str, Source] = {}
         self.offpeak: Boostable | None = None
+        self.solar: Switchable | None = None
         arbiter.submit(
             "hardware", rated_current_a, clock.monotonic(), reason="hal.rated_current_a: pilot/relay board rating"
         )
@@ -136,6 +141,17 @@ class LimitsManager:
         log.warning("off-peak boost cancelled")
         return "boost cancelled"
 
+    # ---- solar ---------------------------------------------------------------------------------------
+    def switch_solar(self, on: Any) -> str:
+        if not isinstance(on, bool):
+            raise LimitsError(f"solar: expected true or false, got {on!r}")
+        if self.solar is None:
+            raise LimitsError("solar surplus charging is not configured ([solar] enabled = true)")
+        self.solar.set_enabled(on)
+        self._wake()
+        log.warning("solar surplus charging switched %s", "on" if on else "off")
+        return f"solar surplus charging {'on' if on else 'off: the charger no longer waits for the sun'}"
+
     # ---- API -----------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         view = self.arbiter.describe(self.clock.monotonic())
@@ -155,7 +171,9 @@ class LimitsManager:
             return self.boost(_optional(args.get("for_s"), "for_s"))
         if action == "unboost":
             return self.cancel_boost()
-        raise LimitsError(f"unknown limits action {action!r} (show, set, clear, boost, unboost)")
+        if action == "solar":
+            return self.switch_solar(args.get("on"))
+        raise LimitsError(f"unknown limits action {action!r} (show, set, clear, boost, unboost, solar)")
 
 
 def _number(value: Any, name: str) -> float:

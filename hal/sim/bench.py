@@ -50,6 +50,8 @@ DEFAULT_EV: Final = EVParams()
 DEFAULT_THERMAL: Final = ThermalModelParams()
 #: The house's own load: one current for every phase, or (L1, L2, L3).
 HouseLoad = float | tuple[float, float, float]
+#: The PV system's output: a total spread evenly over the three phases, or (L1, L2, L3), in watts.
+PvPower = float | tuple[float, float, float]
 #: A listener that keeps changing the bench while notified cannot loop forever.
 _MAX_NOTIFY_ROUNDS: Final = 10
 
@@ -61,6 +63,9 @@ class SimBench:
     ``faults``, ``meter``, ``reader``, ``indicator``, ``grid_meter``, ``thermometer`` (the
     devices), ``heat`` (the charger's :class:`ThermalModel`), ``clock``, ``phases``,
     ``voltage_v``, ``cable_a`` (None = tethered cable, no PP).
+
+    Behind the grid meter sit the house load (:meth:`set_house_load`), the EV, and a PV system
+    (:meth:`set_pv_power`) whose output the grid meter subtracts: it reads house + EV - PV.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class SimBench:
         switch_delay_s: float = 0.02,
         house_load_a: HouseLoad = 0.0,
         thermal: ThermalModelParams = DEFAULT_THERMAL,
+        pv_power_w: PvPower = 0.0,
     ) -> None:
         if phases not in (1, 2, 3):
             raise ValueError(f"phases must be 1, 2 or 3, got {phases!r}")
@@ -96,8 +102,14 @@ class SimBench:
         self.heat = ThermalModel(thermal)
         self.ev.on_current = self.heat.advance  # the charger heats with the current the EV draws
         self._house_a = _house_triple(house_load_a)
+        self._pv_w = _pv_triple(pv_power_w)
         self._house_wh = 0.0
+        self._pv_wh = 0.0
         self._house_t = clock.monotonic()
+        # The grid meter's registers follow the EV's linear current segments (see _integrate_grid).
+        self._import_wh = 0.0
+        self._export_wh = 0.0
+        self.ev.on_segment = self._integrate_grid
         self.pilot = SimControlPilot(self)
         self.proximity = SimProximityPilot(self)
         self.contactor = SimContactor(self, switch_delay_s=switch_delay_s, has_feedback=feedback)
@@ -133,6 +145,31 @@ class SimBench:
     def house_energy_wh(self) -> float:
         """Energy the house (without the EV) has imported, up to the last tick (Wh)."""
         return self._house_wh
+
+    @property
+    def pv_power_w(self) -> tuple[float, float, float]:
+        """The PV system's output per phase (W), fed in behind the grid meter."""
+        return self._pv_w
+
+    @property
+    def pv_energy_wh(self) -> float:
+        """Energy the PV system has produced, up to the last tick (Wh)."""
+        return self._pv_wh
+
+    @property
+    def grid_import_wh(self) -> float:
+        """The grid meter's import register: energy taken from the grid, up to the last tick (Wh).
+
+        Net-summed over the phases (as a bidirectional utility meter bills): while the three-phase
+        total is negative the site exports, even if one phase alone still imports.
+        """
+        return self._import_wh
+
+    @property
+    def grid_export_wh(self) -> float:
+        """The grid meter's export register (Wh). :class:`hal.interfaces.MeterReading` has no export field,
+        so only the bench shows it."""
+        return self._export_wh
 
     @property
     def injected(self) -> frozenset[str]:
@@ -193,10 +230,31 @@ class SimBench:
         return changed
 
     def _integrate_house(self, now: float) -> None:
-        """The house load is constant between changes (each change ticks first): integrate exactly."""
+        """House load and PV are constant between changes (each change ticks first): integrate exactly."""
         if now > self._house_t:
-            self._house_wh += self.voltage_v * sum(self._house_a) * (now - self._house_t) / 3600.0
+            hours = (now - self._house_t) / 3600.0
+            self._house_wh += self.voltage_v * sum(self._house_a) * hours
+            self._pv_wh += sum(self._pv_w) * hours
             self._house_t = now
+
+    def _integrate_grid(self, seconds: float, i0: float, i1: float) -> None:
+        """One stretch of EV current, linear from ``i0`` to ``i1``: add its import and export exactly.
+
+        House load and PV hold still over it, so the site's net power is linear too; where it
+        crosses zero the stretch is split there.
+        """
+        base = self.voltage_v * sum(self._house_a) - sum(self._pv_w)
+        per_amp = self.voltage_v * self.ev.phases
+        p0, p1 = base + per_amp * i0, base + per_amp * i1
+        if p0 >= 0 and p1 >= 0:
+            self._import_wh += (p0 + p1) / 2 * seconds / 3600.0
+        elif p0 <= 0 and p1 <= 0:
+            self._export_wh -= (p0 + p1) / 2 * seconds / 3600.0
+        else:
+            to_zero = seconds * p0 / (p0 - p1)  # where the line crosses 0 W
+            first, second = p0 * to_zero / 2 / 3600.0, p1 * (seconds - to_zero) / 2 / 3600.0
+            self._import_wh += max(first, second)
+            self._export_wh -= min(first, second)
 
     def _update_ev(self, until: float) -> None:
         """Advance the EV with the inputs that held since its last update."""
@@ -247,6 +305,18 @@ class SimBench:
 
         self._apply(apply)
 
+    def set_pv_power(self, watts: PvPower) -> None:
+        """The PV system's output: a total (W) spread evenly over L1..L3, or (L1, L2, L3) in W.
+
+        Unity power factor: the grid meter sees each phase's current fall by ``watts / voltage``.
+        """
+        pv = _pv_triple(watts)
+
+        def apply() -> None:
+            self._pv_w = pv
+
+        self._apply(apply)
+
     def set_ambient_c(self, celsius: float) -> None:
         """The air around the charger; its hot spot keeps its rise above it."""
         self._apply(lambda: self.heat.set_ambient(celsius))
@@ -291,6 +361,7 @@ class SimBench:
         self.tick()
         ev = self.ev
         output = self.pilot.output
+        grid = self.grid_meter.reading()
         return {
             "plugged": ev.plugged,
             "ev_state": ev.state,
@@ -305,18 +376,34 @@ class SimBench:
             "faults": sorted(self._injected),
             "energy_wh": round(ev.energy_wh, 3),
             "house_load_a": list(self._house_a),
-            "grid_current_a": [None if a is None else round(a, 3) for a in self.grid_meter.reading().current_a],
+            "grid_current_a": [None if a is None else round(a, 3) for a in grid.current_a],
+            "grid_power_w": [None if w is None else round(w, 1) for w in grid.power_w],
+            "grid_import_wh": round(self._import_wh, 3),
+            "grid_export_wh": round(self._export_wh, 3),
+            "pv_power_w": round(sum(self._pv_w), 1),
+            "pv_phase_w": [round(w, 1) for w in self._pv_w],
             "temperature_c": round(self.heat.temperature_c, 2),
             "ambient_c": self.heat.ambient_c,
         }
 
 
 def _house_triple(amps: HouseLoad) -> tuple[float, float, float]:
-    """One load for every phase, or three; each a finite number of amperes >= 0 (no export modelled)."""
+    """One load for every phase, or three; each a finite number of amperes >= 0 (export comes from the PV system)."""
     values = (amps, amps, amps) if isinstance(amps, int | float) else tuple(amps)
     if len(values) != 3:
         raise ValueError(f"house load needs one value or three (L1, L2, L3), got {amps!r}")
     for value in values:
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ValueError(f"house load must be amperes >= 0 per phase, got {amps!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _pv_triple(watts: PvPower) -> tuple[float, float, float]:
+    """A total spread evenly over three phases, or three values; each a finite number of watts >= 0."""
+    values = (watts / 3, watts / 3, watts / 3) if isinstance(watts, int | float) else tuple(watts)
+    if len(values) != 3:
+        raise ValueError(f"PV power needs a total or three values (L1, L2, L3), got {watts!r}")
+    for value in values:
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"PV power must be watts >= 0, got {watts!r}")
     return (float(values[0]), float(values[1]), float(values[2]))

@@ -219,9 +219,14 @@ class SimEnergyMeter:
 
 
 class SimGridMeter:
-    """The site's grid-connection meter, upstream of the charger: house load plus the EV's draw.
+    """The site's grid-connection meter, upstream of the charger: house load plus the EV's draw minus PV.
 
-    Three phases whatever the charger has; the charger's L1..L3 are on the grid's L1..L3. The
+    Three phases whatever the charger has; the charger's L1..L3 are on the grid's L1..L3. Sign
+    convention, as an SDM630 reports it: ``power_w`` and ``total_power_w`` are signed (positive =
+    import from the grid, negative = export), ``current_a`` is the magnitude (never negative), so a
+    phase exporting 10 A reads 10 A and -2300 W. ``energy_import_wh`` is the net-summed import
+    register (:attr:`SimBench.grid_import_wh`); the export register is only on the bench
+    (:attr:`SimBench.grid_export_wh`), since :class:`MeterReading` has no field for it. The
     "grid-meter" fault makes it stop answering, as a lost RS-485 device would.
     """
 
@@ -239,14 +244,18 @@ class SimGridMeter:
         bench = self._bench
         ev = bench.ev
         volts = bench.voltage_v
-        amps = [load + (ev.draw_a if phase < ev.phases else 0.0) for phase, load in enumerate(bench.house_load_a)]
-        watts = [volts * a for a in amps]
+        # Signed current per phase (+ import); PV at unity power factor takes pv / V off each phase.
+        signed = [
+            load + (ev.draw_a if phase < ev.phases else 0.0) - pv / volts
+            for phase, (load, pv) in enumerate(zip(bench.house_load_a, bench.pv_power_w, strict=True))
+        ]
+        watts = [volts * a for a in signed]
         return MeterReading(
             voltage_v=(volts, volts, volts),
-            current_a=(amps[0], amps[1], amps[2]),
+            current_a=(abs(signed[0]), abs(signed[1]), abs(signed[2])),
             power_w=(watts[0], watts[1], watts[2]),
             total_power_w=sum(watts),
-            energy_import_wh=ev.energy_wh + bench.house_energy_wh,
+            energy_import_wh=bench.grid_import_wh,
             taken_at=bench.clock.monotonic(),
         )
 

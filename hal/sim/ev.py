@@ -98,6 +98,10 @@ class SimulatedEV:
         #: Called for every stretch of model time as (seconds, mean of current² over it, A²), in
         #: order, so a model that depends on the current (the charger's heating) follows it exactly.
         self.on_current: Callable[[float, float], None] | None = None
+        #: Called for the same stretches as (seconds, current at its start, current at its end, A): the
+        #: current is linear within each, so a register that needs more than i² (the grid meter's import
+        #: and export, which depend on the sign of house + EV - PV) can integrate it exactly.
+        self.on_segment: Callable[[float, float, float], None] | None = None
 
     # -- what the outside world can observe ------------------------------------------------
     @property
@@ -316,16 +320,23 @@ class SimulatedEV:
         self._t = t_end if dt >= t_end - self._t else self._t + dt
 
     def _report_current(self, i0: float, target: float, dt: float) -> None:
-        """Tell :attr:`on_current` about this step: the ramp part, then the constant part."""
+        """Tell :attr:`on_current` and :attr:`on_segment` about this step: the ramp part, then the constant part."""
         listener = self.on_current
-        if listener is None:
+        segment = self.on_segment
+        if listener is None and segment is None:
             return
         t_ramp = min(dt, abs(target - i0) / self.params.ramp_a_per_s)
         if t_ramp > 0:
             i1 = i0 + math.copysign(self.params.ramp_a_per_s * t_ramp, target - i0)
-            listener(t_ramp, (i0 * i0 + i0 * i1 + i1 * i1) / 3.0)  # mean of i² over a linear ramp
+            if listener is not None:
+                listener(t_ramp, (i0 * i0 + i0 * i1 + i1 * i1) / 3.0)  # mean of i² over a linear ramp
+            if segment is not None:
+                segment(t_ramp, i0, i1)
         if dt - t_ramp > 0:
-            listener(dt - t_ramp, target * target)
+            if listener is not None:
+                listener(dt - t_ramp, target * target)
+            if segment is not None:
+                segment(dt - t_ramp, target, target)
 
     def _ramp(self, i0: float, target: float, dt: float) -> tuple[float, float]:
         """Ampere-seconds drawn over ``dt`` while moving from ``i0`` toward ``target``; end current."""
