@@ -31,6 +31,7 @@ from hal.clock import Clock, SystemClock
 from hal.interfaces import Hardware, MeterReading
 
 if TYPE_CHECKING:
+    from firmware.limits.mqtt_group import GroupMember
     from hal.sim import SimBench
 
 log = logging.getLogger("firmware.app")
@@ -132,15 +133,16 @@ class ChargePointApp:
         self.limits = LimitsManager(
             self.arbiter, self.clock, rated_current_a=settings.hal.rated_current_a, wake=self.controller.wake
         )
-        self._add_limit_sources()
         self.sampler = MeterSampler(
             self.hardware.meter,
             lambda active: self.controller.set_device_fault("meter", active),
             interval_s=meter_interval_s,
             idle_interval_s=max(meter_interval_s, 5.0),
             is_idle=lambda: self.controller.idle,
+            monotonic=self.clock.monotonic,
         )
         self.controller.add_listener(lambda _event: self.sampler.wake())
+        self._add_limit_sources()
         self._sim_changed = asyncio.Event()
         if self.sim is not None:
             self.sim.subscribe(self._sim_changed.set)
@@ -223,6 +225,8 @@ class ChargePointApp:
             guard = SolarGuard(hw.grid_meter, self.arbiter, self.clock, self._own_reading, solar)
             self.limits.add("solar", guard)
             self.limits.solar = guard
+        if s.sharing.broker:
+            self.limits.add("shared", self._group_member())
         if s.offpeak.windows:
             from firmware.limits.manager import OffPeakSource
             from firmware.limits.offpeak import OffPeakGate
@@ -232,6 +236,54 @@ class ChargePointApp:
             )
             self.limits.add("offpeak", source)
             self.limits.offpeak = source
+
+    def _group_member(self) -> GroupMember:
+        """This charger's part in a fuse shared over MQTT (firmware.limits.mqtt_group)."""
+        from urllib.parse import urlsplit
+
+        from firmware.limits.mqtt_group import GroupMember, GroupSettings, cap_without_shared
+        from firmware.limits.sharing import DemandEstimator
+
+        s, share = self.settings, self.settings.sharing
+        broker = urlsplit(share.broker)
+        group = GroupSettings(
+            host=broker.hostname or "",
+            port=broker.port or 1883,
+            group=share.group,
+            charger_id=s.charger.id,
+            fuse_a=share.fuse_a,
+            username=share.username or None,
+            password=share.password or None,
+            margin_a=share.margin_a,
+            fallback_a=share.fallback_a,
+            member_timeout_s=share.member_timeout_s,
+            publish_interval_s=share.publish_interval_s,
+        )
+        estimator = DemandEstimator(s.charger.max_current_a)
+        controller, sampler = self.controller, self.sampler
+
+        def draw() -> float:
+            reading = sampler.latest
+            return max((a for a in reading.current_a if a is not None), default=0.0) if reading else 0.0
+
+        def demand() -> float:
+            now = self.clock.monotonic()
+            return estimator.update(
+                now,
+                wants=controller.in_session,
+                offered_a=controller.offered_a,
+                draw_a=draw(),
+                cap_a=cap_without_shared(self.arbiter, now),
+            )
+
+        def actual() -> tuple[float, float] | None:
+            return None if sampler.latest_at is None else (draw(), sampler.latest_at)
+
+        member = GroupMember(
+            group, self.arbiter, self.clock, demand=demand, actual=actual, offered=lambda: controller.offered_a
+        )
+        controller.add_listener(lambda _event: member.poke())
+        return member
 
     def _own_reading(self) -> MeterReading | None:
         return self.sampler.latest
@@ -371,6 +423,7 @@ class ChargePointApp:
                 if task is not stopper and not task.cancelled() and task.exception() is not None:
                     raise RuntimeError(f"task {task.get_name()} failed") from task.exception()
         finally:
+            await self.limits.close()  # e.g. tell the shared-fuse group we leave, while the control loop still runs
             for task in [*tasks, stopper]:
                 task.cancel()
             for task in tasks:

@@ -314,7 +314,7 @@ class SharingSettings:
         "evse/site", "topic prefix shared by the chargers on one fuse", length=(1, 100), check=_topic_prefix
     )
     fuse_a: float = setting(32.0, "the fuse the chargers share, per phase", unit="A", min=6, max=2000)
-    margin_a: float = setting(0.0, "kept free below the shared fuse", unit="A", min=0, max=100)
+    margin_a: float = setting(1.0, "kept free below the shared fuse", unit="A", min=0, max=100)
     fallback_a: float = setting(
         6.0,
         "per charger while the broker is lost, and for a member gone silent; chargers x fallback must fit the fuse",
@@ -579,8 +579,20 @@ def _cross_checks(s: Settings, bad: set[str]) -> Iterator[str]:
     share = s.sharing
     if share.fallback_a > share.fuse_a - share.margin_a and valid("sharing.fallback_a", "sharing.fuse_a"):
         yield f"sharing.fallback_a: {_show(share.fallback_a)} A does not fit the shared fuse minus its margin"
+    elif 0 < share.fallback_a < 6 and valid("sharing.fallback_a"):
+        yield f"sharing.fallback_a: {_show(share.fallback_a)} A is below the 6 A minimum; use 0 (pause) or 6 or more"
+    need = 3 * share.publish_interval_s + SHARING_RELEASE_S
+    if share.member_timeout_s < need and valid("sharing.member_timeout_s", "sharing.publish_interval_s"):
+        yield (
+            f"sharing.member_timeout_s: must be at least 3 x publish_interval_s + {SHARING_RELEASE_S:g} s = {need:g} s"
+            " (time to notice a charger is gone and let its EV follow)"
+        )
     if s.thermal.cutoff_c <= s.thermal.derate_start_c and valid("thermal.cutoff_c", "thermal.derate_start_c"):
         yield "thermal.cutoff_c: must be above thermal.derate_start_c"
+
+
+#: How long an EV may take to follow a lower offer (IEC 61851-1: 5 s); sharing's member timeout builds on it.
+SHARING_RELEASE_S = 5.0
 
 
 # ── public API ───────────────────────────────────────────────────────────────────────────────────────────

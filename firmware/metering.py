@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from firmware.aio import wait_event
@@ -28,8 +29,10 @@ class MeterSampler:
         failures_to_fault: int = 3,
         idle_interval_s: float | None = None,
         is_idle: Callable[[], bool] = lambda: False,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.meter = meter
+        self._now = monotonic
         self.on_fault = on_fault
         self.interval_s = interval_s
         self.failures_to_fault = failures_to_fault
@@ -37,6 +40,8 @@ class MeterSampler:
         self.idle_interval_s = idle_interval_s if idle_interval_s is not None else interval_s
         self.is_idle = is_idle
         self.latest: MeterReading | None = None
+        #: When ``latest`` arrived (``monotonic()``); None before the first reading.
+        self.latest_at: float | None = None
         self._wake = asyncio.Event()
         self.failures = 0
         self.faulted = False
@@ -60,6 +65,7 @@ class MeterSampler:
             self.on_fault(False)
         self.failures = 0
         self.latest = reading
+        self.latest_at = self._now()
         for listener in self._reading_listeners:
             listener(reading)
         return reading

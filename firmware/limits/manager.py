@@ -91,6 +91,17 @@ class LimitsManager:
     def add(self, name: str, source: Source) -> None:
         self._sources[name] = source
 
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Let sources that can leave cleanly do so (the shared-fuse member publishes "left")."""
+        for name, source in self._sources.items():
+            stop = getattr(source, "stop", None)
+            if stop is None:
+                continue
+            try:
+                await stop(timeout_s)
+            except Exception:
+                log.exception("limit source %s did not stop cleanly", name)
+
     def tasks(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
         return [(f"limits-{name}", source.run) for name, source in self._sources.items()]
 
