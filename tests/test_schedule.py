@@ -4,7 +4,7 @@ import contextlib
 import itertools
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -580,3 +580,107 @@ def test_to_wire_uses_ocpp_names() -> None:
     wire = ChargingProfile.from_wire(WIRE, connector_id=0).to_wire()
     schedule = {**WIRE["chargingSchedule"], "startSchedule": "2026-01-01T22:00:00+00:00"}
     assert wire == {**WIRE, "chargingSchedule": schedule, "validFrom": "2026-01-01T00:00:00+00:00"}
+
+
+# --- precedence, recurrence across midnight / week ends / DST, W <-> A: properties -----------------------
+@SETTINGS
+@given(ps=st.lists(profiles(), max_size=5), top=st.integers(0, 64), at=_starts, tx=st.none() | _starts)
+def test_the_highest_stack_level_of_the_deciding_purpose_wins(
+    ps: list[ChargingProfile], top: int, at: datetime, tx: datetime | None
+) -> None:
+    """Without a ChargePointMax, an always-valid profile above every other stack level decides alone; a
+    TxProfile (with a transaction) beats every TxDefaultProfile whatever its stack level."""
+    others = [p for p in ps if p.purpose != "ChargePointMaxProfile"]
+    purpose = "TxProfile" if tx is not None else "TxDefaultProfile"
+    level = max((p.stack_level for p in others if p.purpose == purpose), default=-1) + 1
+    winner = prof(9999, level, purpose, [(0, float(top))], start=T0 - timedelta(days=30), connector=1)
+    lim = limit_at([*others, winner], at, tx_start=tx, connector_id=1)
+    assert lim is not None and convert(lim, "A") == top
+    if tx is not None:  # the TxProfile also beats a TxDefaultProfile stacked higher still
+        high_default = prof(9998, 99, "TxDefaultProfile", [(0, 1.0)], start=T0 - timedelta(days=30), connector=1)
+        lim = limit_at([*others, winner, high_default], at, tx_start=tx, connector_id=1)
+        assert lim is not None and convert(lim, "A") == top
+
+
+_DST_DAYS = [datetime(2026, 3, 29, tzinfo=UTC), datetime(2026, 10, 25, tzinfo=UTC)]
+
+
+@SETTINGS
+@given(
+    day=st.sampled_from(_DST_DAYS),
+    hour=st.integers(0, 23),
+    minute=st.sampled_from([0, 15, 30, 59]),
+    duration_min=st.integers(1, 22 * 60),
+    weekly=st.booleans(),
+    probe_s=st.integers(-4 * 86400, 4 * 86400),
+)
+def test_recurring_profiles_follow_local_wall_time_across_midnight_week_ends_and_dst(
+    day: datetime, hour: int, minute: int, duration_min: int, weekly: bool, probe_s: int
+) -> None:
+    """Reference model: an occurrence starts at the local HH:MM of each (weekly: every 7th) day, resolved like
+    ``datetime(..., tzinfo=zone)`` resolves it (fold=0), and lasts ``duration`` real seconds."""
+    first_local = datetime.combine((day - timedelta(days=10)).date(), time(hour, minute), tzinfo=BERLIN)
+    first = first_local.astimezone(UTC)
+    p = prof(
+        1,
+        0,
+        "TxDefaultProfile",
+        [(0, 10.0)],
+        kind="Recurring",
+        recurrency="Weekly" if weekly else "Daily",
+        start=first,
+        duration=duration_min * 60,
+    )
+    at = day + timedelta(seconds=probe_s)
+    step = 7 if weekly else 1
+    expected = False
+    for back in range(0, 9):
+        d = at.astimezone(BERLIN).date() - timedelta(days=back)
+        if (d - first_local.date()).days % step:
+            continue
+        start = datetime.combine(d, first_local.time(), tzinfo=BERLIN).astimezone(UTC)
+        nxt = datetime.combine(d + timedelta(days=step), first_local.time(), tzinfo=BERLIN).astimezone(UTC)
+        if start <= at < min(start + timedelta(minutes=duration_min), nxt):
+            expected = True
+        if start <= at:
+            break  # only the latest occurrence that has begun counts
+    assert (val([p], at, tz=BERLIN) == 10.0) is expected
+
+
+_volts = st.none() | st.floats(0, 600, allow_nan=False)
+_amps = st.none() | st.floats(0, 80, allow_nan=False)
+
+
+@SETTINGS
+@given(
+    watts=st.floats(0, 60000, allow_nan=False),
+    number_phases=st.none() | st.integers(1, 3),
+    wired=st.sampled_from([1, 3]),
+    volts=st.tuples(_volts, _volts, _volts),
+    amps=st.tuples(_amps, _amps, _amps),
+    measured=st.booleans(),
+)
+def test_watts_and_amps_convert_both_ways_with_the_measured_voltage_and_phases(
+    watts: float,
+    number_phases: int | None,
+    wired: int,
+    volts: tuple[float | None, float | None, float | None],
+    amps: tuple[float | None, float | None, float | None],
+    measured: bool,
+) -> None:
+    from firmware.ocpp.v16.electrical import IN_USE_A, electrical
+    from hal.interfaces import MeterReading
+
+    reading = MeterReading(volts, amps, (None, None, None), 0.0, 0.0) if measured else None
+    e = electrical(reading, 230.0, wired)
+    in_use = [i for i in amps if i is not None and i >= IN_USE_A] if measured else []
+    assert 115.0 <= e.voltage_v <= 345.0  # measured values outside 50..150 % of nominal are not believed
+    if not measured:
+        assert e.voltage_v == 230.0
+    phases = e.phases(number_phases)
+    assert 1 <= phases <= 3
+    assert phases >= len(in_use)  # a power limit is never squeezed onto fewer phases than the EV uses
+    per_phase = e.to_amps(watts, "W", number_phases)
+    assert per_phase * e.voltage_v * phases == pytest.approx(watts, rel=1e-9, abs=1e-6)
+    assert e.to_watts(per_phase, number_phases) == pytest.approx(watts, rel=1e-9, abs=1e-6)
+    assert e.to_amps(per_phase, "A", number_phases) == per_phase
