@@ -612,14 +612,16 @@ _DST_DAYS = [datetime(2026, 3, 29, tzinfo=UTC), datetime(2026, 10, 25, tzinfo=UT
     minute=st.sampled_from([0, 15, 30, 59]),
     duration_min=st.integers(1, 22 * 60),
     weekly=st.booleans(),
-    probe_s=st.integers(-4 * 86400, 4 * 86400),
+    probe_day=st.integers(-3, 3),
+    probe_min=st.integers(-90, 22 * 60 + 90),
 )
 def test_recurring_profiles_follow_local_wall_time_across_midnight_week_ends_and_dst(
-    day: datetime, hour: int, minute: int, duration_min: int, weekly: bool, probe_s: int
+    day: datetime, hour: int, minute: int, duration_min: int, weekly: bool, probe_day: int, probe_min: int
 ) -> None:
     """Reference model: an occurrence starts at the local HH:MM of each (weekly: every 7th) day, resolved like
-    ``datetime(..., tzinfo=zone)`` resolves it (fold=0), and lasts ``duration`` real seconds."""
-    first_local = datetime.combine((day - timedelta(days=10)).date(), time(hour, minute), tzinfo=BERLIN)
+    ``datetime(..., tzinfo=zone)`` resolves it (fold=0), and lasts ``duration`` real seconds. Probes sit near
+    the local start and end of occurrences on the days around a DST change."""
+    first_local = datetime.combine((day - timedelta(days=14)).date(), time(hour, minute), tzinfo=BERLIN)
     first = first_local.astimezone(UTC)
     p = prof(
         1,
@@ -631,7 +633,9 @@ def test_recurring_profiles_follow_local_wall_time_across_midnight_week_ends_and
         start=first,
         duration=duration_min * 60,
     )
-    at = day + timedelta(seconds=probe_s)
+    probe_date = day.date() + timedelta(days=probe_day)
+    at = datetime.combine(probe_date, time(hour, minute), tzinfo=BERLIN).astimezone(UTC)
+    at += timedelta(minutes=probe_min)
     step = 7 if weekly else 1
     expected = False
     for back in range(0, 9):
