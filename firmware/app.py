@@ -197,7 +197,10 @@ class ChargePointApp:
                 poll_interval_s=s.site.poll_interval_s,
                 phases=tuple(range(1, s.charger.phases + 1)),
             )
-            self.limits.add("site", SiteFuseGuard(hw.grid_meter, self.arbiter, self.clock, self._own_reading, params))
+            site_guard = SiteFuseGuard(
+                hw.grid_meter, self.arbiter, self.clock, self._own_reading, params, own_meter=hw.meter
+            )
+            self.limits.add("site", site_guard)
         if hw.thermometer is not None:
             from firmware.limits.thermal import ThermalGuard, ThermalParams
 
@@ -222,9 +225,11 @@ class ChargePointApp:
                 phases=s.charger.phases,
                 nominal_voltage_v=s.charger.nominal_voltage_v,
             )
-            guard = SolarGuard(hw.grid_meter, self.arbiter, self.clock, self._own_reading, solar)
-            self.limits.add("solar", guard)
-            self.limits.solar = guard
+            solar_guard = SolarGuard(
+                hw.grid_meter, self.arbiter, self.clock, self._own_reading, solar, own_meter=hw.meter
+            )
+            self.limits.add("solar", solar_guard)
+            self.limits.solar = solar_guard
         if s.sharing.broker:
             self.limits.add("shared", self._group_member())
         if s.offpeak.windows:

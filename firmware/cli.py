@@ -414,7 +414,10 @@ def _flat(detail: Mapping[str, Any]) -> str:
     """A source's details on one line: scalars as ``key value``, lists joined by ``/``, tables in braces."""
     parts: list[str] = []
     for key, value in detail.items():
-        if value is None:
+        if value is None or key == "reason" or (isinstance(value, list | tuple) and not value):
+            continue  # the reason is in the table already
+        if isinstance(value, list | tuple) and any(isinstance(v, Mapping) for v in value):
+            parts.append(f"{key} {len(value)}")  # per-phase / per-member rows: see --json
             continue
         if isinstance(value, Mapping):
             parts.append(f"{key} {{{_flat(value)}}}")

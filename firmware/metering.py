@@ -95,3 +95,22 @@ class MeterSampler:
             interval = self.idle_interval_s if self.is_idle() else self.interval_s
             await wait_event(self._wake, interval)
             self._wake.clear()
+
+
+async def fresh_reading(
+    meter: EnergyMeter | None, latest: Callable[[], MeterReading | None], timeout_s: float
+) -> MeterReading | None:
+    """The charger's own reading taken now, for limits that set it against another meter's reading.
+
+    Two readings a second apart while the EV ramps at 10 A/s misplace amperes between "own" and "other" load;
+    read back to back they differ by what the EV changes during one bus transaction. Callers read this just
+    before the grid meter, so a rising EV makes the other load look larger, never smaller. Falls back to the
+    latest sample when the meter cannot be read.
+    """
+    if meter is not None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await meter.read()
+        except (DeviceError, TimeoutError) as exc:
+            log.debug("own meter read failed (%s): using the latest sample", exc)
+    return latest()

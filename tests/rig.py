@@ -33,6 +33,7 @@ class Rig:
         house_load_a: HouseLoad = 0.0,
         heat: ThermalModelParams | None = None,
         own_meter_interval_s: float = 1.0,
+        site_reads_own_meter: bool = False,
     ) -> None:
         """``site`` / ``thermal`` add those limit sources, polled in simulated time like the app's tasks;
         the charger's own meter is sampled every ``own_meter_interval_s`` (as the app's MeterSampler)."""
@@ -68,7 +69,14 @@ class Rig:
         self.thermal: ThermalGuard | None = None
         if site is not None:
             assert hw.grid_meter is not None
-            self.site = SiteFuseGuard(hw.grid_meter, self.arbiter, self.clock, lambda: self.own_reading, site)
+            self.site = SiteFuseGuard(
+                hw.grid_meter,
+                self.arbiter,
+                self.clock,
+                lambda: self.own_reading,
+                site,
+                own_meter=hw.meter if site_reads_own_meter else None,
+            )
         if thermal is not None:
             assert hw.thermometer is not None
             self.thermal = ThermalGuard(hw.thermometer, self.arbiter, self.clock, thermal)

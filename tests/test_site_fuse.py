@@ -474,3 +474,31 @@ async def test_single_phase_wiring_on_the_rig() -> None:
     await rig3.run(10.0)
     assert rig3.status is Status.SUSPENDED_EVSE  # 35 - 30 - 2 = 3 A: below 6 A, paused
     assert rig3.pilot_constant is not None and not rig3.contactor_closed
+
+
+@pytest.mark.parametrize("reads_own_meter", [True, False])
+async def test_a_ramping_ev_is_not_mistaken_for_house_load(reads_own_meter: bool) -> None:
+    """Own current sampled a second before the grid while the EV ramps made the other load look several
+    amperes larger: the site claim dropped, waited rise_delay_s, rose, dropped again. The app's guard reads the
+    own meter right before the grid meter; the lagging variant shows the oscillation it prevents."""
+    rig = Rig(
+        site=SiteFuseParams(fuse_a=35.0, margin_a=2.0, fallback_a=6.0, stale_after_s=5.0, rise_delay_s=10.0),
+        house_load_a=18.0,
+        own_meter_interval_s=1.7,  # the sampler and the grid poll are not in step
+        site_reads_own_meter=reads_own_meter,
+    )
+    rig.arbiter.submit("manual", 7.0, rig.clock.monotonic(), reason="test")
+    await rig.charging()
+    await rig.run(15.6)  # the rise lands between two own samples, as it does when nothing keeps them in step
+    assert rig.offered_a == pytest.approx(7.0)
+    rig.arbiter.withdraw("manual")  # the site allows 35 - 18 - 2 = 15 A: the EV ramps from 7 A to 15 A
+    lowest = 15.0
+    for _ in range(600):  # 30 s
+        await rig.run(0.05)
+        claim = rig.arbiter.get("site")
+        assert claim is not None
+        lowest = min(lowest, claim.current_a)
+    if reads_own_meter:
+        assert lowest >= 15.0 - 1e-9 and rig.offered_a == pytest.approx(15.0)
+    else:
+        assert lowest < 14.0  # the misplaced ramp

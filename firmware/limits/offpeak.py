@@ -445,7 +445,7 @@ class OffPeakGate:
         """The status view; instants are ISO 8601 in the configured zone (with their UTC offset)."""
 
         def iso(t: datetime | None) -> str | None:
-            return None if t is None else t.astimezone(self.tz).isoformat()
+            return None if t is None else t.astimezone(self.tz).isoformat(timespec="seconds")
 
         inside = self.enabled and in_window(self.windows, now_wall, self.tz)
         return {

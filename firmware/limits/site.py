@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from firmware.limits.arbiter import Arbiter
+from firmware.metering import fresh_reading
 from hal.clock import Clock
 from hal.interfaces import DeviceError, EnergyMeter, MeterReading
 
@@ -255,16 +256,19 @@ class SiteFuseGuard:
         clock: Clock,
         own_reading: Callable[[], MeterReading | None],
         params: SiteFuseParams,
+        own_meter: EnergyMeter | None = None,
     ) -> None:
         self.meter = grid_meter
         self.arbiter = arbiter
         self.clock = clock
         self.own_reading = own_reading
+        self.own_meter = own_meter
         self.params = params
         self.core = SiteFuseCore(params, clock.monotonic())
 
     async def poll_once(self) -> SiteDecision:
         """One grid read, one update, one submit; returns the claim now standing."""
+        own = await fresh_reading(self.own_meter, self.own_reading, self.params.read_timeout_s)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that lands with a result.
             async with asyncio.timeout(self.params.read_timeout_s):
@@ -279,7 +283,7 @@ class SiteFuseGuard:
             log.exception("grid meter read raised an unexpected error")
             decision = self.core.on_failure(f"{type(exc).__name__}: {exc}", self.clock.monotonic())
         else:
-            decision = self.core.on_reading(reading, self.own_reading(), self.clock.monotonic())
+            decision = self.core.on_reading(reading, own, self.clock.monotonic())
         self.arbiter.submit(SOURCE, decision.current_a, self.clock.monotonic(), reason=decision.reason)
         return decision
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from firmware.limits.arbiter import Arbiter
+from firmware.metering import fresh_reading
 from hal.clock import Clock
 from hal.iec61851 import MIN_CURRENT_A
 from hal.interfaces import DeviceError, EnergyMeter, MeterReading
@@ -272,8 +273,10 @@ class SolarGuard:
         clock: Clock,
         own_reading: Callable[[], MeterReading | None],
         params: SolarParams,
+        own_meter: EnergyMeter | None = None,
     ) -> None:
         self.meter = grid_meter
+        self.own_meter = own_meter
         self.arbiter = arbiter
         self.clock = clock
         self.own_reading = own_reading
@@ -305,6 +308,7 @@ class SolarGuard:
         if not self.params.enabled:
             self.arbiter.withdraw(SOURCE)
             return None
+        own = await fresh_reading(self.own_meter, self.own_reading, self.params.read_timeout_s)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that lands with a result.
             async with asyncio.timeout(self.params.read_timeout_s):
@@ -319,7 +323,7 @@ class SolarGuard:
             log.exception("grid meter read raised an unexpected error")
             decision = self.core.on_failure(f"{type(exc).__name__}: {exc}", self.clock.monotonic())
         else:
-            decision = self.core.on_reading(reading, self.own_reading(), self.clock.monotonic())
+            decision = self.core.on_reading(reading, own, self.clock.monotonic())
         self._submit(decision)
         return decision
 
