@@ -11,7 +11,7 @@ import logging
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from rig import Rig
 
@@ -76,6 +76,10 @@ def test_property_curve_is_monotone_and_bounded(params: ThermalParams, a: float,
 
 @settings(max_examples=300, deadline=None)
 @given(params_st, st.lists(temps, min_size=1, max_size=60))
+@example(  # resuming with no hysteresis: the rise deadband once reached past the cutoff and kept it paused
+    ThermalParams(derate_start_c=20.0, cutoff_c=71.0, hysteresis_c=0.0, full_a=6.0, step_a=0.1, rise_deadband_c=1.0),
+    [72.0, 70.5],
+)
 def test_property_claim_never_above_the_curve_and_pause_holds_until_below_hysteresis(
     params: ThermalParams, readings: list[float]
 ) -> None:

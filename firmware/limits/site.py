@@ -17,7 +17,6 @@ and submits the claim to the arbiter as source ``"site"``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -25,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from firmware.limits.arbiter import Arbiter
+from firmware.limits.polling import poll_forever, read_or_why_not
 from firmware.metering import fresh_reading
 from hal.clock import Clock
-from hal.interfaces import DeviceError, EnergyMeter, MeterReading
+from hal.interfaces import EnergyMeter, MeterReading
 
 log = logging.getLogger("firmware.limits.site")
 
@@ -269,19 +269,9 @@ class SiteFuseGuard:
     async def poll_once(self) -> SiteDecision:
         """One grid read, one update, one submit; returns the claim now standing."""
         own = await fresh_reading(self.own_meter, self.own_reading, self.params.read_timeout_s)
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that lands with a result.
-            async with asyncio.timeout(self.params.read_timeout_s):
-                reading = await self.meter.read()
-        except DeviceError as exc:
-            decision = self.core.on_failure(str(exc), self.clock.monotonic())
-        except TimeoutError:
-            decision = self.core.on_failure(
-                f"no answer within {self.params.read_timeout_s:g} s", self.clock.monotonic()
-            )
-        except Exception as exc:  # a driver bug must not end the fuse protection: count it as a failed read
-            log.exception("grid meter read raised an unexpected error")
-            decision = self.core.on_failure(f"{type(exc).__name__}: {exc}", self.clock.monotonic())
+        reading = await read_or_why_not(self.meter, self.params.read_timeout_s)
+        if isinstance(reading, str):
+            decision = self.core.on_failure(reading, self.clock.monotonic())
         else:
             decision = self.core.on_reading(reading, own, self.clock.monotonic())
         self.arbiter.submit(SOURCE, decision.current_a, self.clock.monotonic(), reason=decision.reason)
@@ -289,17 +279,7 @@ class SiteFuseGuard:
 
     async def run(self) -> None:
         """Poll every ``poll_interval_s`` until cancelled; the claim stays when stopped (no limit would be worse)."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        while True:
-            started = loop.time()
-            try:
-                await self.poll_once()
-            except Exception:
-                log.exception("site fuse poll failed")
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError  # a driver swallowed our cancellation: honour it here
-            await asyncio.sleep(max(0.0, self.params.poll_interval_s - (loop.time() - started)))
+        await poll_forever(self.poll_once, self.params.poll_interval_s, "site fuse")
 
     def describe(self) -> dict[str, Any]:
         return self.core.describe(self.clock.monotonic())

@@ -146,7 +146,8 @@ class ThermalCore:
         claim = self.claim
         if claim is not None and now_a >= claim.current_a:
             # Hold unless the curve gives more even a deadband hotter: no chatter on sensor noise.
-            rise_a = derate_a(p, celsius + p.rise_deadband_c)
+            # (Capped at the cutoff: just after a resume the deadband must not reach into the paused range.)
+            rise_a = derate_a(p, min(celsius + p.rise_deadband_c, p.cutoff_c))
             if rise_a <= claim.current_a:
                 return claim
             now_a = rise_a
