@@ -246,8 +246,8 @@ class ChargePointApp:
         """This charger's part in a fuse shared over MQTT (firmware.limits.mqtt_group)."""
         from urllib.parse import urlsplit
 
+        from firmware.limits.fair_share import DemandEstimator
         from firmware.limits.mqtt_group import GroupMember, GroupSettings, cap_without_shared
-        from firmware.limits.sharing import DemandEstimator
 
         s, share = self.settings, self.settings.sharing
         broker = urlsplit(share.broker)

@@ -25,8 +25,9 @@ from mqtt_broker import Cutter, Mosquitto, running_broker
 
 from firmware.charging.controller import ChargingController, ControllerSettings
 from firmware.limits.arbiter import Arbiter
+from firmware.limits.fair_share import DemandEstimator
 from firmware.limits.mqtt_group import SOURCE, GroupMember, GroupSettings, cap_without_shared, decode, encode
-from firmware.limits.sharing import DemandEstimator, MemberStatus, Report
+from firmware.limits.sharing import MemberStatus, Report
 from hal.clock import ScaledClock
 from hal.sim import EVParams, SimBench
 

@@ -15,16 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firmware.limits.fair_share import DemandEstimator, allocate, floor_step
 from firmware.limits.sharing import (
-    DemandEstimator,
     Inputs,
     MemberStatus,
     Mode,
     Report,
     SharedFuse,
     SharingParams,
-    allocate,
-    floor_step,
 )
 
 P = SharingParams(fuse_a=32.0, margin_a=1.0, fallback_a=8.0, member_timeout_s=15.0, publish_interval_s=2.0)
