@@ -22,13 +22,13 @@ from firmware.aio import wait_event
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
 from firmware.charging.controller import ChargingController, ControllerSettings
-from firmware.config import Settings
+from firmware.config import MeterSettings, Settings
 from firmware.limits.arbiter import Arbiter
 from firmware.limits.manager import LimitsError, LimitsManager
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
 from hal.clock import Clock, SystemClock
-from hal.interfaces import Hardware, MeterReading
+from hal.interfaces import EnergyMeter, Hardware, MeterReading
 
 if TYPE_CHECKING:
     from firmware.limits.mqtt_group import GroupMember
@@ -57,11 +57,6 @@ def unsupported(settings: Settings) -> list[str]:
     backend = resolve_backend(settings)
     if backend == "rpi":
         errors.append('hal.backend: the Raspberry Pi hardware backend is not in this build yet; use "sim"')
-    if settings.meter.model not in ("auto", "sim") and backend == "sim":
-        errors.append(f'meter.model: the "{settings.meter.model}" Modbus driver is not in this build yet; use "sim"')
-    grid = settings.grid_meter
-    if grid is not None and grid.model not in ("auto", "sim") and backend == "sim":
-        errors.append(f'grid_meter.model: the "{grid.model}" Modbus driver is not in this build yet; use "sim"')
     if settings.rfid.reader not in ("auto", "sim", "none") and backend == "sim":
         errors.append(f'rfid.reader: the "{settings.rfid.reader}" driver is not in this build yet; use "sim"')
     return errors
@@ -84,7 +79,29 @@ def build_hardware(settings: Settings, clock: Clock) -> Hardware:
             phases=sim.ev_phases,
         ),
     )
-    return bench.hardware()
+    hardware = bench.hardware()
+    # A real Modbus meter works beside simulated pilot and contactor (an installer testing the meter wiring).
+    if settings.meter.model not in ("auto", "sim"):
+        hardware = replace(hardware, meter=open_modbus_meter(settings.meter, "meter", clock))
+    if settings.grid_meter is not None and settings.grid_meter.model not in ("auto", "sim"):
+        hardware = replace(hardware, grid_meter=open_modbus_meter(settings.grid_meter, "grid-meter", clock))
+    return hardware
+
+
+def open_modbus_meter(meter: MeterSettings, kind: str, clock: Clock) -> EnergyMeter:
+    """A meter on its RS-485 bus; meters naming the same port share one bus (one owner of the port)."""
+    from hal.meters import open_meter
+
+    return open_meter(
+        meter.model,
+        meter.port,
+        meter.baudrate,
+        meter.parity,
+        meter.address,
+        custom_map=meter.custom_map if meter.model == "custom" else None,
+        kind=kind,
+        clock=clock.monotonic,
+    )
 
 
 def controller_settings(settings: Settings) -> ControllerSettings:
@@ -439,6 +456,10 @@ class ChargePointApp:
                 await server.close()
             if self.ocpp is not None:
                 self.ocpp.store.close()
+            for meter in {id(m): m for m in (self.hardware.meter, self.hardware.grid_meter) if m is not None}.values():
+                close = getattr(meter, "aclose", None)  # a Modbus meter releases its bus; sim meters have nothing
+                if close is not None:
+                    await close()
             log.info("charge point %s stopped; contactor open", self.settings.charger.id)
 
 

@@ -13,9 +13,10 @@ import re
 import tomllib
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from difflib import get_close_matches
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -69,6 +70,9 @@ def setting(
     For a list (``tuple[str, ...]``) the constraints apply to each item.
     """
     meta = _Meta(unit, doc, min, max, tuple(choices), length, check, secret)
+    if isinstance(default, Mapping):  # a table: dataclasses refuse a shared mutable default
+        frozen = MappingProxyType(dict(default))
+        return field(default_factory=lambda: frozen, metadata={_META_KEY: meta})  # type: ignore[return-value]
     return field(default=default, metadata={_META_KEY: meta})
 
 
@@ -107,6 +111,18 @@ def _ws_url(value: str) -> str | None:
 def _authorization_key(value: str) -> str | None:
     if value and not 16 <= len(value) <= 40:
         return f"must be 16 to 40 characters long (got {len(value)})"
+    return None
+
+
+def _meter_map(value: Mapping[str, Any]) -> str | None:
+    if not value:
+        return None
+    from hal.meters import meter_map
+
+    try:
+        meter_map("custom", value)
+    except ValueError as exc:
+        return f"not a usable register map: {exc}"
     return None
 
 
@@ -221,6 +237,11 @@ class MeterSettings:
     baudrate: int = setting(9600, "Modbus RTU speed", unit="baud", choices=_BAUDRATES)
     parity: str = setting("N", "Modbus RTU parity: none, even or odd", choices=("N", "E", "O"))
     address: int = setting(1, "Modbus slave address", min=1, max=247)
+    custom_map: Mapping[str, Any] = setting(
+        {},
+        'the register map when model = "custom": the shape of hal/meters/maps/*.toml, as an inline table',
+        check=_meter_map,
+    )
 
 
 @dataclass(frozen=True)
@@ -438,12 +459,14 @@ class Settings:
 _BAD: Any = object()
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _STR_LIST = tuple[str, ...]
+_TABLE = Mapping[str, Any]
 _EXPECTED: dict[Any, str] = {
     str: "a string",
     int: "an integer",
     float: "a number",
     bool: "true or false",
     _STR_LIST: "a list of strings",
+    _TABLE: "a table",
 }
 
 
@@ -518,6 +541,15 @@ def _value(key: str, tp: Any, meta: _Meta, raw: Any, errors: list[str]) -> Any:
             return _BAD
         items = [_value(f"{key}[{i}]", str, meta, item, errors) for i, item in enumerate(raw)]
         return _BAD if any(item is _BAD for item in items) else tuple(items)
+    if tp == _TABLE:
+        if not isinstance(raw, Mapping):
+            errors.append(f"{key}: expected {_EXPECTED[tp]}, got {_describe(raw, meta.secret)}")
+            return _BAD
+        problem = meta.check(raw) if meta.check is not None else None
+        if problem is not None:
+            errors.append(f"{key}: {problem}")
+            return _BAD
+        return MappingProxyType(dict(raw))
     problem = _problem(tp, meta, raw)
     if problem is not None:
         errors.append(f"{key}: {problem}")
@@ -570,6 +602,13 @@ def _cross_checks(s: Settings, bad: set[str]) -> Iterator[str]:
         yield "ocpp.client_key: security profile 3 needs a client key file"
     if s.auth.mode == "ocpp" and not ocpp.url and valid("ocpp.url"):
         yield 'auth.mode: "ocpp" needs a CSMS url in ocpp.url'
+    for name, meter in (("meter", s.meter), ("grid_meter", s.grid_meter)):
+        if meter is None:
+            continue
+        if meter.model == "custom" and not meter.custom_map and valid(f"{name}.custom_map"):
+            yield f'{name}.custom_map: model "custom" needs its register map here'
+        elif meter.model != "custom" and meter.custom_map and valid(f"{name}.model"):
+            yield f'{name}.custom_map: only used with model = "custom" (model is {_show(meter.model)})'
     if s.site.fuse_a > 0 and s.grid_meter is None and valid("site.fuse_a"):
         yield "site.fuse_a: site fuse protection needs a [grid_meter] section"
     if 0 < s.site.fuse_a <= s.site.margin_a and valid("site.fuse_a", "site.margin_a"):
@@ -660,7 +699,8 @@ def iter_keys() -> Iterator[tuple[str, str, Any, str, str]]:
     for name, cls, _ in _sections():
         for f in fields(cls):
             meta = _meta(f)
-            yield name, f.name, f.default, meta.unit, meta.doc
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            yield name, f.name, default, meta.unit, meta.doc
 
 
 def masked(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -675,5 +715,7 @@ def masked(settings: Settings) -> dict[str, dict[str, Any]]:
             value = getattr(section, f.name)
             if _meta(f).secret and value:
                 value = MASK
+            if isinstance(value, Mapping):
+                value = json.loads(json.dumps(value, default=dict))  # plain nested dicts, e.g. for config show
             out[name][f.name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{}" if not value else json.dumps(dict(value))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -549,6 +552,8 @@ def fits(default: Any, value: Any) -> bool:
         return isinstance(value, int | float)
     if isinstance(default, tuple):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if isinstance(default, Mapping):
+        return isinstance(value, Mapping)  # a table; whether it is a usable one is a rule of its own
     return isinstance(value, type(default))
 
 
@@ -603,3 +608,18 @@ def test_values_in_range_are_accepted(current: float, timeout: int, mode: str) -
         }
     )
     assert (s.charger.max_current_a, s.charger.connection_timeout_s, s.auth.mode) == (current, timeout, mode)
+
+
+def test_a_custom_meter_map_is_checked_where_it_is_written() -> None:
+    registers = {"energy_import": {"address": 342}, "total_power": {"address": 52}}
+    good = {"function_code": 4, "defaults": {"type": "float32"}, "registers": registers}
+    s = parse_settings({"meter": {"model": "custom", "custom_map": good}})
+    assert s.meter.custom_map["registers"]["energy_import"]["address"] == 342
+    assert errors_of({"meter": {"model": "custom"}}) == ['meter.custom_map: model "custom" needs its register map here']
+    assert errors_of({"meter": {"model": "sdm630", "custom_map": good}}) == [
+        'meter.custom_map: only used with model = "custom" (model is "sdm630")'
+    ]
+    (line,) = errors_of({"meter": {"model": "custom", "custom_map": {"function_code": 7, "registers": {}}}})
+    assert line.startswith("meter.custom_map: not a usable register map: ")
+    (line,) = errors_of({"grid_meter": {"model": "custom", "custom_map": "sdm630"}})
+    assert line == 'grid_meter.custom_map: expected a table, got a string ("sdm630")'
