@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hal.interfaces import DeviceError
+from hal.interfaces import CardReader, Closeable, DeviceError
 from hal.rfid import open_reader
 from hal.rfid._bridge import Debouncer
 from hal.rfid.pn532 import Pn532Error, Pn532Reader, parse_target_uid
@@ -192,7 +192,9 @@ def test_parse_target_uid() -> None:
 
 
 def test_open_reader() -> None:
-    assert isinstance(open_reader("pn532", "/dev/ttyAMA0"), Pn532Reader)
+    reader: CardReader = open_reader("pn532", "/dev/ttyAMA0", poll_interval_s=0.5)
+    assert isinstance(reader, Pn532Reader) and isinstance(reader, Closeable)
+    assert reader.port == "/dev/ttyAMA0" and reader.poll_interval_s == 0.5
     with pytest.raises(ValueError, match="serial port"):
         open_reader("pn532", None)
     with pytest.raises(ValueError, match="unknown"):
