@@ -57,8 +57,6 @@ def unsupported(settings: Settings) -> list[str]:
     backend = resolve_backend(settings)
     if backend == "rpi":
         errors.append('hal.backend: the Raspberry Pi hardware backend is not in this build yet; use "sim"')
-    if settings.rfid.reader not in ("auto", "sim", "none") and backend == "sim":
-        errors.append(f'rfid.reader: the "{settings.rfid.reader}" driver is not in this build yet; use "sim"')
     return errors
 
 
@@ -85,6 +83,11 @@ def build_hardware(settings: Settings, clock: Clock) -> Hardware:
         hardware = replace(hardware, meter=open_modbus_meter(settings.meter, "meter", clock))
     if settings.grid_meter is not None and settings.grid_meter.model not in ("auto", "sim"):
         hardware = replace(hardware, grid_meter=open_modbus_meter(settings.grid_meter, "grid-meter", clock))
+    if settings.rfid.reader in ("pcsc", "pn532"):  # likewise a real card reader
+        from hal.rfid import open_reader
+
+        kind = cast(Literal["pcsc", "pn532"], settings.rfid.reader)
+        hardware = replace(hardware, reader=open_reader(kind, settings.rfid.port if kind == "pn532" else None))
     return hardware
 
 
@@ -456,8 +459,9 @@ class ChargePointApp:
                 await server.close()
             if self.ocpp is not None:
                 self.ocpp.store.close()
-            for meter in {id(m): m for m in (self.hardware.meter, self.hardware.grid_meter) if m is not None}.values():
-                close = getattr(meter, "aclose", None)  # a Modbus meter releases its bus; sim meters have nothing
+            hw = self.hardware
+            for device in {id(d): d for d in (hw.meter, hw.grid_meter, hw.reader) if d is not None}.values():
+                close = getattr(device, "aclose", None)  # Modbus meters release their bus, readers their thread
                 if close is not None:
                     await close()
             log.info("charge point %s stopped; contactor open", self.settings.charger.id)
