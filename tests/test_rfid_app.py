@@ -10,10 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from rfid_pn532_peer import FakePn532
 
 from firmware.app import ChargePointApp, demo_settings, unsupported
 from firmware.config import default_settings
-from tests.rfid_pn532_peer import FakePn532
 
 UID = bytes.fromhex("04a1b2c3")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from rfid_pcsc_peer import Pcscd, VirtualCard, free_port_pair, missing_prerequisites
+from rfid_support import TapCollector
 
 from hal.interfaces import DeviceError
-from tests.rfid_pcsc_peer import Pcscd, VirtualCard, free_port_pair, missing_prerequisites
-from tests.rfid_support import TapCollector
 
 if TYPE_CHECKING:
     from hal.rfid.pcsc import PcscReader

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from rfid_pn532_peer import FakePn532
+from rfid_support import TapCollector
 
 from hal.interfaces import CardReader, Closeable, DeviceError
 from hal.rfid import open_reader
 from hal.rfid._bridge import Debouncer
 from hal.rfid.pn532 import Pn532Error, Pn532Reader, parse_target_uid
-from tests.rfid_pn532_peer import FakePn532
-from tests.rfid_support import TapCollector
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")
 OTHER = bytes.fromhex("deadbeef")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rfid_pn532_peer import frame as peer_frame
 
 from hal.rfid.pn532 import (
     ACK_FRAME,
@@ -16,7 +17,6 @@ from hal.rfid.pn532 import (
     decode_frame,
     encode_frame,
 )
-from tests.rfid_pn532_peer import frame as peer_frame
 
 tfis = st.integers(0, 255)
 datas = st.binary(max_size=MAX_DATA)
