@@ -21,90 +21,23 @@ from firmware import version
 from firmware.aio import wait_event
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
+from firmware.backends import build_hardware, unsupported
 from firmware.charging.controller import ChargingController, ControllerSettings
-from firmware.config import MeterSettings, Settings
+from firmware.config import Settings
 from firmware.limits.arbiter import Arbiter
 from firmware.limits.manager import LimitsError, LimitsManager
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
+from firmware.supervision import BoardSupervisor
 from hal.clock import Clock, SystemClock
-from hal.interfaces import EnergyMeter, Hardware, MeterReading
+from hal.interfaces import Hardware, MeterReading
 
 if TYPE_CHECKING:
     from firmware.limits.mqtt_group import GroupMember
+    from firmware.supervision import Board
     from hal.sim import SimBench
 
 log = logging.getLogger("firmware.app")
-
-
-def on_raspberry_pi(model_file: str = "/proc/device-tree/model") -> bool:
-    try:
-        return "raspberry pi" in Path(model_file).read_text(errors="replace").lower()
-    except OSError:
-        return False
-
-
-def resolve_backend(settings: Settings) -> str:
-    backend = settings.hal.backend
-    if backend == "auto":
-        return "rpi" if on_raspberry_pi() else "sim"
-    return backend
-
-
-def unsupported(settings: Settings) -> list[str]:
-    """Valid settings this build cannot honour yet, one line per key (so nothing starts half-configured)."""
-    errors: list[str] = []
-    backend = resolve_backend(settings)
-    if backend == "rpi":
-        errors.append('hal.backend: the Raspberry Pi hardware backend is not in this build yet; use "sim"')
-    return errors
-
-
-def build_hardware(settings: Settings, clock: Clock) -> Hardware:
-    from hal.sim import EVParams, SimBench
-
-    sim = settings.sim
-    bench = SimBench(
-        clock,
-        phases=settings.charger.phases,
-        voltage_v=settings.charger.nominal_voltage_v,
-        cable_a=None if settings.charger.tethered_cable else sim.cable_a,
-        feedback=settings.contactor.feedback,
-        ev=EVParams(
-            battery_kwh=sim.ev_battery_kwh,
-            soc_percent=sim.ev_soc_percent,
-            max_current_a=sim.ev_max_current_a,
-            phases=sim.ev_phases,
-        ),
-    )
-    hardware = bench.hardware()
-    # A real Modbus meter works beside simulated pilot and contactor (an installer testing the meter wiring).
-    if settings.meter.model not in ("auto", "sim"):
-        hardware = replace(hardware, meter=open_modbus_meter(settings.meter, "meter", clock))
-    if settings.grid_meter is not None and settings.grid_meter.model not in ("auto", "sim"):
-        hardware = replace(hardware, grid_meter=open_modbus_meter(settings.grid_meter, "grid-meter", clock))
-    if settings.rfid.reader in ("pcsc", "pn532"):  # likewise a real card reader
-        from hal.rfid import open_reader
-
-        kind = cast(Literal["pcsc", "pn532"], settings.rfid.reader)
-        hardware = replace(hardware, reader=open_reader(kind, settings.rfid.port if kind == "pn532" else None))
-    return hardware
-
-
-def open_modbus_meter(meter: MeterSettings, kind: str, clock: Clock) -> EnergyMeter:
-    """A meter on its RS-485 bus; meters naming the same port share one bus (one owner of the port)."""
-    from hal.meters import open_meter
-
-    return open_meter(
-        meter.model,
-        meter.port,
-        meter.baudrate,
-        meter.parity,
-        meter.address,
-        custom_map=meter.custom_map if meter.model == "custom" else None,
-        kind=kind,
-        clock=clock.monotonic,
-    )
 
 
 def controller_settings(settings: Settings) -> ControllerSettings:
@@ -144,6 +77,7 @@ class ChargePointApp:
         self.clock = clock or SystemClock()
         self.hardware = hardware or build_hardware(settings, self.clock)
         self.sim = cast("SimBench | None", self.hardware.extras.get("sim"))
+        self.board = cast("Board | None", self.hardware.extras.get("rpi"))
         self.sim_tick_s = sim_tick_s
         self.arbiter = Arbiter()
         control = controller_settings(settings)
@@ -163,6 +97,16 @@ class ChargePointApp:
         )
         self.controller.add_listener(lambda _event: self.sampler.wake())
         self._add_limit_sources()
+        self.supervisor: BoardSupervisor | None = None
+        if self.board is not None:
+            self.supervisor = BoardSupervisor(
+                self.board,
+                self.controller,
+                self.arbiter,
+                self.clock,
+                kick_s=settings.rpi.watchdog_kick_ms / 1000.0,
+                rcd_test=settings.rpi.rcd_test_pin >= 0,
+            )
         self._sim_changed = asyncio.Event()
         if self.sim is not None:
             self.sim.subscribe(self._sim_changed.set)
@@ -421,6 +365,8 @@ class ChargePointApp:
         server = ControlServer(self.settings.control.socket, self.handlers()) if serve_api else None
         if server is not None:
             await server.start()
+        if self.supervisor is not None:
+            self.supervisor.start()
         tasks = [
             asyncio.create_task(self.controller.run(), name="control-loop"),
             asyncio.create_task(self.sampler.run(), name="meter"),
@@ -429,6 +375,8 @@ class ChargePointApp:
         ]
         if self.sim is not None:
             tasks.append(asyncio.create_task(self._tick_sim(self.sim), name="sim"))
+        if self.supervisor is not None:
+            tasks.append(asyncio.create_task(self.supervisor.run(), name="board-watchdog"))
         tasks.extend(asyncio.create_task(run(), name=name) for name, run in self.limits.tasks())
         if self.ocpp is not None:
             tasks.append(asyncio.create_task(self.ocpp.service.run(), name="ocpp"))
@@ -455,6 +403,11 @@ class ChargePointApp:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.controller.enter_safe_state()
+            if self.supervisor is not None:
+                self.supervisor.close()  # relay low, pilot -12 V, sampling stopped
+            close_led = getattr(self.hardware.indicator, "close", None)
+            if close_led is not None:
+                close_led()
             if server is not None:
                 await server.close()
             if self.ocpp is not None:

@@ -182,9 +182,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     explicit = args.path or args.config
     settings, path = _require_config(explicit)
-    from firmware import app
+    from firmware.backends import unsupported
 
-    problems = app.unsupported(settings)
+    problems = unsupported(settings)
     if problems:
         raise CliError(2, *problems)
     print(f"ok: {path}")

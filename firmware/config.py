@@ -167,6 +167,32 @@ class HalSettings:
 
 
 @dataclass(frozen=True)
+class RpiSettings:
+    """The reference pilot/relay board on a Raspberry Pi (deploy/hardware.md); BCM GPIO numbers, -1 = not wired."""
+
+    pwm_gpio: int = setting(18, "control pilot PWM pin (hardware PWM only)", choices=(12, 13, 18, 19))
+    i2c_bus: int = setting(1, "I2C bus of the ADS1115 (/dev/i2c-N)", min=0, max=20)
+    adc_address: int = setting(72, "ADS1115 I2C address, 72 to 75 (0x48 to 0x4B)", min=72, max=75)
+    relay_pin: int = setting(23, "contactor relay driver output", min=0, max=27)
+    feedback_pin: int = setting(24, "contactor mirror contact input; -1 = none", min=-1, max=27)
+    watchdog_pin: int = setting(25, "watchdog latch kick output", min=0, max=27)
+    watchdog_kick_ms: int = setting(
+        100, "kick period while the control loop is healthy (the latch drops after ~0.5 s)", unit="ms", min=20, max=400
+    )
+    rcd_fault_pin: int = setting(5, "RCD / 6 mA DC module fault input", min=0, max=27)
+    rcd_test_pin: int = setting(6, "RCD module test output (self-test before each session); -1 = none", min=-1, max=27)
+    led_red_pin: int = setting(16, "status LED red; -1 = none", min=-1, max=27)
+    led_green_pin: int = setting(20, "status LED green; -1 = none", min=-1, max=27)
+    led_blue_pin: int = setting(21, "status LED blue; -1 = none", min=-1, max=27)
+    cp_high_gain: float = setting(8.0, "CP+ peak channel: pilot V = gain x ADC V + offset", min=-100, max=100)
+    cp_high_offset: float = setting(-13.2, "CP+ peak channel offset", unit="V", min=-50, max=50)
+    cp_low_gain: float = setting(8.0, "CP- peak channel: pilot V = gain x ADC V + offset", min=-100, max=100)
+    cp_low_offset: float = setting(-13.2, "CP- peak channel offset", unit="V", min=-50, max=50)
+    pp_pullup_ohm: float = setting(1000.0, "PP pull-up resistor", unit="ohm", min=10, max=100000)
+    pp_supply_v: float = setting(3.3, "PP pull-up supply", unit="V", min=1, max=12)
+
+
+@dataclass(frozen=True)
 class OcppSettings:
     """The connection to the central system (CSMS)."""
 
@@ -438,6 +464,7 @@ class Settings:
 
     charger: ChargerSettings = field(default_factory=ChargerSettings)
     hal: HalSettings = field(default_factory=HalSettings)
+    rpi: RpiSettings = field(default_factory=RpiSettings)
     ocpp: OcppSettings = field(default_factory=OcppSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     store: StoreSettings = field(default_factory=StoreSettings)

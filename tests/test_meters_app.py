@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from modbus_server import MeterServer, SocatPair
 
-from firmware.app import ChargePointApp, demo_settings, unsupported
+from firmware.app import ChargePointApp, demo_settings
+from firmware.backends import unsupported
 from firmware.config import MeterSettings, default_settings
 from hal.meters import meter_map
 from hal.meters.bus import DEFAULT_REGISTRY

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rfid_pn532_peer import FakePn532
 
-from firmware.app import ChargePointApp, demo_settings, unsupported
+from firmware.app import ChargePointApp, demo_settings
+from firmware.backends import unsupported
 from firmware.config import default_settings
 
 UID = bytes.fromhex("04a1b2c3")

@@ -112,6 +112,8 @@ class ChargingController:
         self._fault_events: list[FaultsChanged] = []
         self._flash: tuple[IndicatorPattern, float] | None = None
         self._indicated: IndicatorPattern | None = None
+        #: Monotonic time of the last completed step: the board's watchdog latch is kicked only while it is recent.
+        self.last_step_at: float | None = None
         for device in (hardware.pilot, hardware.contactor, hardware.faults):
             device.subscribe(self.wake)
         arbiter.submit("config", settings.max_current_a, clock.monotonic(), reason="charger.max_current_a")
@@ -205,6 +207,7 @@ class ChargingController:
             self._faulted_at = None
         self._apply_outputs(status, limit, trip, now)
         self._dispatch_events()
+        self.last_step_at = now
 
     def _detect_faults(self, diode_ok: bool | None, pilot_forced_low: bool, now: float) -> set[str]:
         found: set[str] = set()
