@@ -242,6 +242,33 @@ def _sim(action: str, value: Callable[[argparse.Namespace], Any]) -> Command:
     return command
 
 
+def cmd_hal_check(args: argparse.Namespace) -> int:
+    """One line per configured device: verdict, device, what was found and what it read; exit 1 on any FAIL."""
+    settings, _ = _settings_or_defaults(args.config)
+    from firmware import halcheck
+
+    lines = asyncio.run(halcheck.check(settings))
+    for line in lines:
+        print(line)
+    return 1 if any(line.verdict == "FAIL" for line in lines) else 0
+
+
+def cmd_hal_calibrate(args: argparse.Namespace) -> int:
+    settings, _ = _settings_or_defaults(args.config)
+    from firmware import halcheck
+    from firmware.backends import resolve_backend
+
+    if resolve_backend(settings) != "rpi":
+        raise CliError(2, "hal calibrate: only the Raspberry Pi board has a pilot ADC to calibrate ([hal] backend)")
+    try:
+        lines = halcheck.calibrate(settings)
+    except (ValueError, OSError) as exc:
+        raise CliError(1, f"hal calibrate: {exc}") from None
+    print("# paste into [rpi] of config.toml (unplug the EV first: it was measured with the pilot open)")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from firmware import logs
 
@@ -607,7 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     hal = sub.add_parser("hal", help="hardware checks", parents=[config_opt])
     hal_sub = hal.add_subparsers(dest="hal_command", metavar="ACTION", required=True)
-    leaf(hal_sub, "check", _not_yet("hal check"), "probe each configured device", [config_opt])
+    leaf(hal_sub, "check", cmd_hal_check, "probe each configured device (daemon stopped)", [config_opt])
+    leaf(hal_sub, "calibrate", cmd_hal_calibrate, "two-point calibration of the pilot ADC (no EV)", [config_opt])
     return parser
 
 

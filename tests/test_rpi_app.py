@@ -49,6 +49,7 @@ async def test_the_daemon_runs_the_reference_board_and_leaves_it_safe(
     chip.set_pilot(12.0, 12.0)  # state A: +12 V on both peak detectors
     chip.set_pp(math.inf)
     mocker.patch("smbus2.SMBus", return_value=chip.bus)
+    gpio.levels[24] = test_rpi_gpio.HIGH  # the mirror contact is open (it pulls the input low when closed)
     real_config = backends.rpi_board_config
     monkeypatch.setattr(backends, "rpi_board_config", lambda s: replace(real_config(s), pwm_root=root))
     work = Path(tempfile.mkdtemp(prefix="evse-rpi-", dir="/tmp"))
@@ -75,6 +76,7 @@ async def test_the_daemon_runs_the_reference_board_and_leaves_it_safe(
         kicked = [c for c in gpio.calls if c[:2] == ("output", s.rpi.watchdog_pin)]
         assert len(kicked) - len(kicks) >= 2  # toggled every watchdog_kick_ms while the loop steps
         assert app.controller.letter == "A"
+        assert app.controller.faults == frozenset()  # mirror contact open, RCD quiet, the ADC answers
         assert gpio.outputs[s.rpi.led_green_pin] == HIGH  # idle: green
         assert (pwm / "duty_cycle").read_text().strip() == "1000000"  # constant +12 V in state A
     finally:
