@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from firmware import cli
 from firmware.app import ChargePointApp, demo_settings
-from firmware.config import default_settings
+from firmware.config import Settings, default_settings
 from firmware.limits.arbiter import Arbiter
 from firmware.limits.manager import LimitsError, LimitsManager
 from hal.clock import FakeClock
@@ -83,19 +85,32 @@ async def test_bad_requests_are_refused_with_a_reason(args: dict[str, object], m
 
 
 # ── end to end: the daemon, its socket and the CLI ──────────────────────────────────────────────────────
-@pytest.fixture
-async def app() -> AsyncIterator[tuple[ChargePointApp, FakeClock]]:
+def free_settings(**sections: Any) -> Settings:
+    """Demo settings in free-vend mode with ``sections`` changed (each a function of the default section)."""
     work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
     settings = demo_settings(default_settings(), work)
     settings = replace(settings, auth=replace(settings.auth, mode="free"))
-    clock = FakeClock()
+    return replace(settings, **{name: change(getattr(settings, name)) for name, change in sections.items()})
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, clock: FakeClock) -> AsyncIterator[ChargePointApp]:
     charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
     stop = asyncio.Event()
     task = asyncio.create_task(charge_point.run(stop))
-    await asyncio.sleep(0.05)
-    yield charge_point, clock
-    stop.set()
-    await task
+    try:
+        await asyncio.sleep(0.05)
+        yield charge_point
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[tuple[ChargePointApp, FakeClock]]:
+    clock = FakeClock()
+    async with running(free_settings(), clock) as charge_point:
+        yield charge_point, clock
 
 
 async def run_cli(*argv: str) -> int:
@@ -161,21 +176,11 @@ async def test_evse_limits_refusals_exit_1_or_2(
 
 
 async def test_offpeak_holds_outside_the_window_and_boost_lifts_it(capsys: pytest.CaptureFixture[str]) -> None:
-    work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
-    settings = demo_settings(default_settings(), work)
-    settings = replace(
-        settings,
-        auth=replace(settings.auth, mode="free"),
-        offpeak=replace(settings.offpeak, windows=("Mon-Fri 22:00-06:00",), timezone="Europe/Berlin"),
-    )
+    settings = free_settings(offpeak=lambda o: replace(o, windows=("Mon-Fri 22:00-06:00",), timezone="Europe/Berlin"))
     clock = FakeClock()  # Thu 2026-01-01 00:00 UTC = 01:00 Berlin: inside the window
     clock.jump(3600 * 10)  # 11:00 Berlin: outside
-    charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
-    stop = asyncio.Event()
-    task = asyncio.create_task(charge_point.run(stop))
     sock = settings.control.socket
-    try:
-        await asyncio.sleep(0.05)
+    async with running(settings, clock) as charge_point:
         assert charge_point.sim is not None
         charge_point.sim.plug()
         await advance(charge_point, clock, 3.0)
@@ -195,30 +200,19 @@ async def test_offpeak_holds_outside_the_window_and_boost_lifts_it(capsys: pytes
         await asyncio.sleep(0.05)
         assert charge_point.controller.offered_a == 0.0
         assert charge_point.controller.connector.status.value == "SuspendedEVSE"
-    finally:
-        stop.set()
-        await task
 
 
 async def test_site_fuse_and_thermal_are_wired_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
     from firmware.config import MeterSettings
     from firmware.limits.site import SiteFuseGuard
 
-    work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
-    settings = demo_settings(default_settings(), work)
-    settings = replace(
-        settings,
-        auth=replace(settings.auth, mode="free"),
-        grid_meter=MeterSettings(model="sim"),
-        site=replace(settings.site, fuse_a=35.0, margin_a=2.0, fallback_a=6.0),
+    settings = free_settings(
+        grid_meter=lambda _g: MeterSettings(model="sim"),
+        site=lambda site: replace(site, fuse_a=35.0, margin_a=2.0, fallback_a=6.0),
     )
     clock = FakeClock()
-    charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
-    stop = asyncio.Event()
-    task = asyncio.create_task(charge_point.run(stop))
     sock = settings.control.socket
-    try:
-        await asyncio.sleep(0.05)
+    async with running(settings, clock) as charge_point:
         assert charge_point.sim is not None
         guard = charge_point.limits._sources["site"]
         assert isinstance(guard, SiteFuseGuard)
@@ -247,30 +241,19 @@ async def test_site_fuse_and_thermal_are_wired_from_the_settings(capsys: pytest.
         out = capsys.readouterr().out
         assert "winner: site 6.0 A (grid meter silent" in out
         assert "\nsite: " in out and "\nthermal: " in out
-    finally:
-        stop.set()
-        await task
 
 
 async def test_solar_holds_until_surplus_and_can_be_switched_off(capsys: pytest.CaptureFixture[str]) -> None:
     from firmware.config import MeterSettings
     from firmware.limits.solar import SolarGuard
 
-    work = Path(tempfile.mkdtemp(prefix="evse-lim-", dir="/tmp"))
-    settings = demo_settings(default_settings(), work)
-    settings = replace(
-        settings,
-        auth=replace(settings.auth, mode="free"),
-        grid_meter=MeterSettings(model="sim"),
-        solar=replace(settings.solar, enabled=True, start_delay_s=0),
+    settings = free_settings(
+        grid_meter=lambda _g: MeterSettings(model="sim"),
+        solar=lambda solar: replace(solar, enabled=True, start_delay_s=0),
     )
     clock = FakeClock()
-    charge_point = ChargePointApp(settings, clock=clock, sim_tick_s=0.005, meter_interval_s=0.01)
-    stop = asyncio.Event()
-    task = asyncio.create_task(charge_point.run(stop))
     sock = settings.control.socket
-    try:
-        await asyncio.sleep(0.05)
+    async with running(settings, clock) as charge_point:
         assert charge_point.sim is not None
         guard = charge_point.limits._sources["solar"]
         assert isinstance(guard, SolarGuard)
@@ -294,6 +277,3 @@ async def test_solar_holds_until_surplus_and_can_be_switched_off(capsys: pytest.
         assert charge_point.arbiter.get("solar") is None
         await advance(charge_point, clock, 6.0)
         assert charge_point.controller.offered_a == 32.0
-    finally:
-        stop.set()
-        await task
