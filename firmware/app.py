@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from firmware import version
+from firmware import sdnotify, version
 from firmware.aio import wait_event
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
@@ -28,7 +28,7 @@ from firmware.limits.arbiter import Arbiter
 from firmware.limits.manager import LimitsError, LimitsManager
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
-from firmware.supervision import BoardSupervisor
+from firmware.supervision import HEALTHY_S, BoardSupervisor
 from hal.clock import Clock, SystemClock
 from hal.interfaces import Hardware, MeterReading
 
@@ -360,6 +360,18 @@ class ChargePointApp:
             interval = self.sim_tick_s if bench.ev.plugged else max(self.sim_tick_s, 1.0)
             await wait_event(self._sim_changed, interval)
 
+    def loop_healthy(self) -> bool:
+        """The control loop stepped recently (the same rule the board's watchdog latch follows)."""
+        last = self.controller.last_step_at
+        return last is not None and self.clock.monotonic() - last <= HEALTHY_S
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once the first control step has put pilot and contactor in their safe state."""
+        while self.controller.last_step_at is None:
+            await asyncio.sleep(0.05)
+        sdnotify.status(f"charge point {self.settings.charger.id} running")
+        sdnotify.ready()
+
     async def run(self, stop: asyncio.Event, *, serve_api: bool = True) -> None:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""
         server = ControlServer(self.settings.control.socket, self.handlers()) if serve_api else None
@@ -383,6 +395,10 @@ class ChargePointApp:
             transactions = self.ocpp.service.transactions
             tasks.append(asyncio.create_task(transactions.run_sampling(), name="ocpp-meter-values"))
             tasks.append(asyncio.create_task(transactions.run_clock_aligned(), name="ocpp-clock-aligned"))
+        interval = sdnotify.watchdog_interval_s()
+        if interval is not None:  # systemd's watchdog: pinged only while the control loop keeps stepping
+            tasks.append(asyncio.create_task(sdnotify.run_watchdog(self.loop_healthy, interval), name="sd-watchdog"))
+        announce = asyncio.create_task(self._announce_ready(), name="sd-ready")
         self._stop = stop
         stopper = asyncio.create_task(stop.wait(), name="stop")
         log.info(
@@ -396,6 +412,9 @@ class ChargePointApp:
                 if task is not stopper and not task.cancelled() and task.exception() is not None:
                     raise RuntimeError(f"task {task.get_name()} failed") from task.exception()
         finally:
+            sdnotify.stopping()
+            sdnotify.status("stopping: contactor opening")
+            announce.cancel()
             await self.limits.close()  # e.g. tell the shared-fuse group we leave, while the control loop still runs
             for task in [*tasks, stopper]:
                 task.cancel()
