@@ -374,11 +374,11 @@ class ChargePointApp:
 
     async def run(self, stop: asyncio.Event, *, serve_api: bool = True) -> None:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""
+        if self.supervisor is not None:
+            self.supervisor.start()  # a board whose ADC does not answer fails here, before anything is served
         server = ControlServer(self.settings.control.socket, self.handlers()) if serve_api else None
         if server is not None:
             await server.start()
-        if self.supervisor is not None:
-            self.supervisor.start()
         tasks = [
             asyncio.create_task(self.controller.run(), name="control-loop"),
             asyncio.create_task(self.sampler.run(), name="meter"),
