@@ -28,7 +28,7 @@ from firmware.limits.arbiter import Arbiter
 from firmware.limits.manager import LimitsError, LimitsManager
 from firmware.metering import MeterSampler
 from firmware.session import SessionManager
-from firmware.supervision import HEALTHY_S, BoardSupervisor
+from firmware.supervision import BoardSupervisor
 from hal.clock import Clock, SystemClock
 from hal.interfaces import Hardware, MeterReading
 
@@ -360,11 +360,6 @@ class ChargePointApp:
             interval = self.sim_tick_s if bench.ev.plugged else max(self.sim_tick_s, 1.0)
             await wait_event(self._sim_changed, interval)
 
-    def loop_healthy(self) -> bool:
-        """The control loop stepped recently (the same rule the board's watchdog latch follows)."""
-        last = self.controller.last_step_at
-        return last is not None and self.clock.monotonic() - last <= HEALTHY_S
-
     async def _announce_ready(self) -> None:
         """READY=1 once the first control step has put pilot and contactor in their safe state."""
         while self.controller.last_step_at is None:
@@ -397,7 +392,9 @@ class ChargePointApp:
             tasks.append(asyncio.create_task(transactions.run_clock_aligned(), name="ocpp-clock-aligned"))
         interval = sdnotify.watchdog_interval_s()
         if interval is not None:  # systemd's watchdog: pinged only while the control loop keeps stepping
-            tasks.append(asyncio.create_task(sdnotify.run_watchdog(self.loop_healthy, interval), name="sd-watchdog"))
+            tasks.append(
+                asyncio.create_task(sdnotify.run_watchdog(self.controller.healthy, interval), name="sd-watchdog")
+            )
         announce = asyncio.create_task(self._announce_ready(), name="sd-ready")
         self._stop = stop
         stopper = asyncio.create_task(stop.wait(), name="stop")

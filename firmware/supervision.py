@@ -14,14 +14,12 @@ import logging
 from typing import Protocol
 
 from firmware.charging.connector import Status, StatusChanged
-from firmware.charging.controller import ChargingController, ControllerEvent
+from firmware.charging.controller import HEALTHY_S, ChargingController, ControllerEvent
 from firmware.limits.arbiter import Arbiter
 from hal.clock import Clock
 
 log = logging.getLogger("firmware.supervision")
 
-#: The control loop counts as healthy while its last step is at most this old (its idle tick is 1 s).
-HEALTHY_S = 1.5
 CLAIM = "rcd-test"
 FAULT = "rcd-selftest"
 
@@ -75,22 +73,21 @@ class BoardSupervisor:
         self._tests: set[asyncio.Task[bool]] = set()
         controller.add_listener(self._on_event)
 
-    def healthy(self) -> bool:
-        last = self.controller.last_step_at
-        return last is not None and self.clock.monotonic() - last <= HEALTHY_S
-
     def start(self) -> None:
         """Prime the pilot ADC and start sampling: before the control loop's first step reads the pilot."""
         self.board.start()
 
     async def run(self) -> None:
         """Kick the latch while the control loop is healthy (then stop kicking: the board drops the relay)."""
+        kicking = False
         while True:
-            if self.healthy():
+            healthy = self.controller.healthy()
+            if healthy:
                 self.board.watchdog.kick()
                 self.kicks += 1
-            elif self.kicks:
+            elif kicking:  # once per stall, not every kick period
                 log.critical("control loop silent for over %.1f s: watchdog latch no longer kicked", HEALTHY_S)
+            kicking = healthy
             await asyncio.sleep(self.kick_s)
 
     def _on_event(self, event: ControllerEvent) -> None:

@@ -88,6 +88,10 @@ class ControllerSettings:
     idle_tick_s: float = 1.0
 
 
+#: The control loop counts as healthy while its last step is at most this old (its idle tick is 1 s).
+HEALTHY_S = 1.5
+
+
 class ChargingController:
     def __init__(self, hardware: Hardware, arbiter: Arbiter, clock: Clock, settings: ControllerSettings) -> None:
         self.hw = hardware
@@ -341,6 +345,11 @@ class ChargingController:
             and self.supervisor.deadline() is None
             and not self.hw.contactor.commanded
         )
+
+    def healthy(self) -> bool:
+        """The loop stepped recently: the only condition under which the board latch and systemd's watchdog are fed
+        (its idle tick is 1 s, so a gap over ``HEALTHY_S`` means it is stuck)."""
+        return self.last_step_at is not None and self.clock.monotonic() - self.last_step_at <= HEALTHY_S
 
     @property
     def in_session(self) -> bool:
