@@ -446,6 +446,39 @@ class SolarSettings:
 
 
 @dataclass(frozen=True)
+class DiagnosticsSettings:
+    """Diagnostics bundles (logs, redacted config, session ledger) for the CSMS and technicians."""
+
+    upload_timeout_s: float = setting(
+        120.0, "an upload (HTTP(S) or FTP) that takes longer fails", unit="s", min=5, max=3600
+    )
+    http_method: str = setting("POST", "HTTP(S) uploads: POST as multipart/form-data, or PUT", choices=("POST", "PUT"))
+    max_log_kib: int = setting(
+        4096, "logs in a bundle are cut to their newest part beyond this", unit="KiB", min=64, max=65536
+    )
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """Firmware updates from the CSMS: A/B slots with rollback."""
+
+    dir: str = setting("", "where firmware slots and downloads live; empty = firmware/ in [store] dir")
+    confirm_timeout_s: float = setting(
+        300.0,
+        "a new firmware must reach BootNotification Accepted within this, or the previous one comes back",
+        unit="s",
+        min=30,
+        max=3600,
+    )
+    manufacturer_root_ca: str = setting(
+        "", "PEM file with the root certificate(s) firmware signing certificates must chain to"
+    )
+    require_signature: bool = setting(
+        True, "plain UpdateFirmware packages must be signed too (false: sha256 only, for a lab)"
+    )
+
+
+@dataclass(frozen=True)
 class SimSettings:
     """The simulated EV and cable, used when the hardware is simulated."""
 
@@ -479,6 +512,8 @@ class Settings:
     offpeak: OffpeakSettings = field(default_factory=OffpeakSettings)
     thermal: ThermalSettings = field(default_factory=ThermalSettings)
     solar: SolarSettings = field(default_factory=SolarSettings)
+    diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
+    update: UpdateSettings = field(default_factory=UpdateSettings)
     sim: SimSettings = field(default_factory=SimSettings)
 
 

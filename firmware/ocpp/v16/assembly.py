@@ -13,6 +13,8 @@ from firmware.metering import MeterSampler
 from firmware.ocpp.connection import Backoff, OcppConnection
 from firmware.ocpp.outbox import Outbox
 from firmware.ocpp.v16.configuration import Configuration
+from firmware.ocpp.v16.diagnostics import build_diagnostics
+from firmware.ocpp.v16.firmware import build_firmware
 from firmware.ocpp.v16.meter_values import SUPPORTED_MEASURANDS
 from firmware.ocpp.v16.profiles import ProfileStore
 from firmware.ocpp.v16.service import OcppService
@@ -151,6 +153,15 @@ def build(
         restart=restart,
         smart_charging=smart_charging,
         response_timeout_s=response_timeout_s,
+    )
+    service.diagnostics = build_diagnostics(settings, store=store, clock=clock, sender=service)
+    service.firmware = build_firmware(
+        settings,
+        clock=clock,
+        sender=service,
+        sessions=sessions,
+        firmware_version=firmware_version,
+        restart=restart,
     )
     authorizer = OcppAuthorizer(
         service.authorize_with_csms, lambda: service.online, configuration, local_list, cache, clock.now

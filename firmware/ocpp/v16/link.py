@@ -17,6 +17,9 @@ from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import Action
 
+from firmware.ocpp.v16.diagnostics import DiagnosticsHandlers
+from firmware.ocpp.v16.firmware import FirmwareHandlers
+
 if TYPE_CHECKING:
     from firmware.ocpp.v16.service import OcppService
 
@@ -35,8 +38,12 @@ MAX_FRAME_CHARS = 256 * 1024
 _KNOWN_ACTIONS = frozenset(a.value for a in Action)
 
 
-class CentralSystemLink(ChargePoint):  # type: ignore[misc]
-    """One live connection to the CSMS; the service outlives it."""
+class CentralSystemLink(DiagnosticsHandlers, FirmwareHandlers, ChargePoint):  # type: ignore[misc]
+    """One live connection to the CSMS; the service outlives it.
+
+    The diagnostics and firmware-update handlers live beside their services (mixins); the ocpp package
+    finds every ``@on`` method on the instance, inherited ones included.
+    """
 
     def __init__(self, charge_point_id: str, connection: Any, service: OcppService, response_timeout: float) -> None:
         super().__init__(charge_point_id, connection, response_timeout=response_timeout)

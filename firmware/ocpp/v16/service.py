@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, Final
 
@@ -28,6 +28,8 @@ from firmware.metering import MeterSampler
 from firmware.ocpp.connection import OcppConnection
 from firmware.ocpp.outbox import Outbox
 from firmware.ocpp.v16.configuration import Configuration
+from firmware.ocpp.v16.diagnostics import OcppDiagnostics
+from firmware.ocpp.v16.firmware import OcppFirmware
 from firmware.ocpp.v16.link import CentralSystemLink
 from firmware.ocpp.v16.meter_values import iso
 from firmware.ocpp.v16.smart_charging import SmartCharging
@@ -123,6 +125,11 @@ class OcppService:
         self._scheduled_availability: str | None = None
         self._pending_remote_start: str | None = None
         self._last_heartbeat = 0.0
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._boot_hooks: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        # Set by the assembly once the service exists (both send through it).
+        self.diagnostics: OcppDiagnostics | None = None
+        self.firmware: OcppFirmware | None = None
         self.transactions = TransactionReporter(
             outbox=outbox,
             configuration=configuration,
@@ -152,6 +159,22 @@ class OcppService:
             "queued": len(self.outbox),
             "last_error": self.connection.last_error,
         }
+
+    def on_boot_accepted(self, hook: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """``hook`` runs (as its own task) after every accepted BootNotification, once the link is usable."""
+        self._boot_hooks.append(hook)
+
+    async def send_live(self, payload: Any) -> Any | None:
+        """A charger-initiated CALL outside the transaction queue, sent now: its result, or None when offline,
+        unanswered or refused (logged). Status notifications of diagnostics and firmware go this way."""
+        link = self.link
+        if link is None or not self.accepted:
+            return None
+        try:
+            return await self._call(link, payload)
+        except Exception as exc:  # CALLERROR, timeout, or the socket closing under the call
+            log.warning("%s failed: %s", type(payload).__name__, type(exc).__name__)
+            return None
 
     # ---- running ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -193,6 +216,7 @@ class OcppService:
         if not self._booted:
             await self._boot(link)
         self.accepted = True
+        self._run_boot_hooks()
         self._status_due.update({0, CONNECTOR})
         self._last_heartbeat = self.clock.monotonic()
         while True:
@@ -203,6 +227,12 @@ class OcppService:
             await self._heartbeat_if_due(link)
             self._kick.clear()
             await wait_event(self._kick, self._idle_wait())
+
+    def _run_boot_hooks(self) -> None:
+        for hook in self._boot_hooks:
+            task = asyncio.create_task(hook(), name="ocpp-boot-hook")
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
 
     def _idle_wait(self) -> float:
         interval = max(1, self.configuration.get_int("HeartbeatInterval"))
@@ -439,6 +469,7 @@ class OcppService:
             self._booted = False
             if self.link is not None:
                 await self._boot(self.link)
+                self._run_boot_hooks()
         elif message == "Heartbeat":
             self._last_heartbeat = -1e9
         elif message == "StatusNotification":
@@ -446,10 +477,11 @@ class OcppService:
         elif message == "MeterValues":
             self.transactions.sample_meter_values(context="Trigger", always=True)
         elif message == "DiagnosticsStatusNotification" and self.link is not None:
-            # No diagnostics upload has ever run here: the truthful status is Idle.
-            await self._call(self.link, call.DiagnosticsStatusNotification(status="Idle"))
+            status = self.diagnostics.status() if self.diagnostics is not None else "Idle"
+            await self._call(self.link, call.DiagnosticsStatusNotification(status=status))
         elif message == "FirmwareStatusNotification" and self.link is not None:
-            await self._call(self.link, call.FirmwareStatusNotification(status="Idle"))
+            status = self.firmware.status() if self.firmware is not None else "Idle"
+            await self._call(self.link, call.FirmwareStatusNotification(status=status))
         self._kick.set()
 
     def reserve_now(
