@@ -1,6 +1,8 @@
 """The connector's state machine: IEC 61851 pilot states in, OCPP 1.6 connector statuses out.
 
-Built on ``transitions`` (AsyncMachine). The states are the OCPP 1.6 ChargePointStatus values;
+Built on ``transitions`` (the synchronous Machine: the rules do no I/O, and an AsyncMachine's per-trigger
+tasks cost a fleet of a thousand simulated chargers most of a core). The states are the OCPP 1.6
+ChargePointStatus values;
 the one trigger, ``evaluate``, is a rule table tried in order, so the whole behaviour reads
 top to bottom in :data:`RULES`. The machine decides *what the connector wants* (a session, PWM,
 energy); the controller turns that into outputs through the safety invariant. The model knows
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from transitions.extensions.asyncio import AsyncMachine
+from transitions import Machine
 
 from firmware.charging.pilot import EV_PRESENT, Letter
 
@@ -188,7 +190,7 @@ RULES: Final = [
 
 
 class Connector:
-    """One connector's session logic; the model of a ``transitions`` AsyncMachine."""
+    """One connector's session logic; the model of a ``transitions`` Machine."""
 
     state: str  # set by transitions
 
@@ -206,7 +208,7 @@ class Connector:
         self.reservation: Reservation | None = None
         self._stop: tuple[StopReason, str] | None = None
         self._last_reason = ""
-        self.machine = AsyncMachine(
+        self.machine = Machine(
             model=self,
             states=[s.value for s in Status],
             transitions=RULES,
@@ -272,7 +274,7 @@ class Connector:
             self.id_tag = None
         return True
 
-    async def step(self, inputs: ConnectorInputs, max_rules: int = 8) -> None:
+    def step(self, inputs: ConnectorInputs, max_rules: int = 8) -> None:
         """Apply rules until the state is stable (a plug-in may pass Preparing and start at once)."""
         self.inputs = inputs
         if self.authorized and self.authorized_at is None:
@@ -281,7 +283,7 @@ class Connector:
             log.info("reservation %d for %s expired", self.reservation.reservation_id, self.reservation.id_tag)
             self._end_reservation("expired")
         for _ in range(max_rules):
-            if not await self.evaluate():
+            if not self.evaluate():
                 return
         log.error("connector rules did not settle within %d steps (state %s)", max_rules, self.state)
 
@@ -377,7 +379,7 @@ class Connector:
 
     if TYPE_CHECKING:  # transitions adds the trigger at runtime
 
-        async def evaluate(self) -> bool: ...
+        def evaluate(self) -> bool: ...
 
 
 def _same_tag(r: Reservation, id_tag: str, parent_id_tag: str | None) -> bool:

@@ -155,14 +155,10 @@ class ChargingController:
     async def run(self) -> None:
         """The control loop; on any error or cancellation the charger is left safe (contactor open, F)."""
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
         self.enter_safe_state()
         try:
             while True:
-                await self.step()
-                if task is not None and task.cancelling():
-                    # transitions swallows a CancelledError that lands inside a trigger: honour it here.
-                    raise asyncio.CancelledError
+                await self.step()  # never suspends (the connector's machine is synchronous): cancels land below
                 timer = loop.call_later(
                     self.settings.idle_tick_s if self.idle else self.settings.tick_s, self._wake.set
                 )
@@ -203,7 +199,7 @@ class ChargingController:
             monotonic=now,
             wall=self.clock.now(),
         )
-        await self.connector.step(inputs)
+        self.connector.step(inputs)
         status = self.connector.status
         if status is Status.FAULTED:
             self._faulted_at = self._faulted_at if self._faulted_at is not None else now
