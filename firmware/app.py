@@ -427,6 +427,9 @@ class ChargePointApp:
             if server is not None:
                 await server.close()
             if self.ocpp is not None:
+                diagnostics = self.ocpp.service.diagnostics
+                if diagnostics is not None:
+                    await diagnostics.close()  # a running upload stops and cleans up its partial file first
                 self.ocpp.store.close()
             hw = self.hardware
             for device in {id(d): d for d in (hw.meter, hw.grid_meter, hw.reader) if d is not None}.values():

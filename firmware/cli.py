@@ -92,6 +92,17 @@ def _duration_s(text: str) -> float:
     return seconds
 
 
+def _count(text: str) -> int:
+    """A whole number of 1 or more (``--limit``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be 1 or more")
+    return value
+
+
 _watts = _number("power", lambda v: v >= 0, "must be 0 or more watts")
 _celsius = _number("temperature", lambda v: -60.0 <= v <= 200.0, "must be between -60 and 200 °C")
 _percent = _number("percentage", lambda v: 0.0 <= v <= 100.0, "must be between 0 and 100")
@@ -296,11 +307,57 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(name: str) -> Command:
-    def command(args: argparse.Namespace) -> int:
-        raise CliError(1, f"evse {name}: not available in this build yet")
+def _utcnow() -> datetime:
+    """Now, for the running time of open sessions (one place, so tests can fix it)."""
+    return datetime.now(UTC)
 
-    return command
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """The session ledger straight from the store file (read-only): works with the daemon stopped or running."""
+    from firmware.diagnostics import ledger
+
+    settings, _ = _settings_or_defaults(args.config)
+    db_path = Path(settings.store.dir) / ledger.DB_FILE_NAME
+    try:
+        with ledger.read_only(db_path) as conn:
+            rows = ledger.sessions(conn, limit=args.limit)
+    except ledger.LedgerError as exc:
+        raise CliError(1, f"evse sessions: {exc}") from None
+    now = _utcnow()
+    views = [session_view(row, now) for row in rows]
+    if args.json:
+        print(json.dumps(views, indent=2))
+    elif not views:
+        print(f"no sessions in {db_path}")
+    else:
+        print("\n".join(format_sessions(views)))
+    return 0
+
+
+def cmd_diag(args: argparse.Namespace) -> int:
+    """Write a diagnostics bundle locally, with the same code the CSMS's GetDiagnostics uses."""
+    from firmware import logs
+    from firmware.diagnostics import bundle
+
+    now = datetime.now(UTC)
+    try:
+        since = logs.parse_since(args.since, now) if args.since else None
+        until = logs.parse_since(args.until, now) if args.until else None
+    except ValueError as exc:
+        raise CliError(2, f"evse diag: {exc}") from None
+    window = bundle.TimeWindow(since, until)
+    settings, _ = _settings_or_defaults(args.config)
+    out = Path(args.output).resolve()
+    if not out.is_dir():
+        raise CliError(1, f"evse diag: {out} is not a directory")
+    try:
+        written = bundle.write_bundle(settings, out, now=now, window=window, journal=not args.no_journal)
+    except bundle.BundleError as exc:
+        raise CliError(1, f"evse diag: {exc}") from None
+    print(f"{written.path} ({written.size} bytes, {len(written.members) + 1} files)")
+    for note in written.notes:
+        print(f"note: {note}")
+    return 0
 
 
 # --- human output -------------------------------------------------------------------------------------------
@@ -384,6 +441,72 @@ def _format_transaction(tx: Any) -> str:
     if tx.get("cost") is not None:
         parts.append(f"cost {tx['cost']}")
     return ", ".join(parts)
+
+
+def _moment(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _utc_text(text: Any) -> str:
+    """A stored timestamp shown in UTC to the second (``2026-11-27 05:14:26Z``); other text as it is."""
+    moment = _moment(text)
+    if moment is None:
+        return _text(text)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def session_view(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """One ledger row for people and scripts: the stored columns plus running, duration_s and energy_kwh.
+
+    Columns are read by name and may be missing (older or newer stores); open sessions are ``running``.
+    """
+    started, stopped = _moment(row.get("started_at")), _moment(row.get("stopped_at"))
+    running = row.get("stopped_at") is None
+    end = now if running else stopped
+    duration = (end - started).total_seconds() if started is not None and end is not None else None
+    start_wh, stop_wh = row.get("meter_start_wh"), row.get("meter_stop_wh")
+    energy = None
+    if isinstance(start_wh, int | float) and isinstance(stop_wh, int | float) and not running:
+        energy = round((stop_wh - start_wh) / 1000, 3)
+    return {
+        **dict(row),
+        "running": running,
+        "duration_s": None if duration is None else round(duration, 1),
+        "energy_kwh": energy,
+    }
+
+
+def format_sessions(views: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ledger as an aligned table, newest first (as given)."""
+    table = [("REF", "TX", "IDTAG", "START", "STOP", "DURATION", "ENERGY", "REASON")]
+    for v in views:
+        table.append(
+            (
+                _text(v.get("ref")),
+                _text(v.get("transaction_id")),
+                _text(v.get("id_tag")),
+                _utc_text(v.get("started_at")),
+                "running" if v.get("running") else _utc_text(v.get("stopped_at")),
+                _duration(v.get("duration_s")),
+                _num(v.get("energy_kwh"), ".3f", "kWh"),
+                _text(v.get("stop_reason")),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {0, 1, 5, 6}  # numbers line up on their last digit
+    return [
+        "  ".join(
+            cell.rjust(width) if column in right else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in table
+    ]
 
 
 def _duration(seconds: Any) -> str:
@@ -622,11 +745,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = leaf(sim_sub, "clear", _sim("clear", lambda a: a.kind), "clear one fault, or all", daemon)
     p.add_argument("kind", choices=FAULT_KINDS, metavar="KIND", nargs="?", help="default: all")
 
-    p = leaf(sub, "sessions", _not_yet("sessions"), "the session ledger", daemon)
-    p.add_argument("--from", dest="date_from", metavar="DATE")
-    p.add_argument("--to", dest="date_to", metavar="DATE")
-    p.add_argument("--csv", action="store_true")
-    p.add_argument("--summary", action="store_true")
+    p = leaf(
+        sub,
+        "sessions",
+        cmd_sessions,
+        "the session ledger, newest first (from the store; no daemon needed)",
+        [config_opt],
+    )
+    p.add_argument("--limit", type=_count, metavar="N", help="only the newest N sessions")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = leaf(sub, "diag", cmd_diag, "write a diagnostics bundle (logs, redacted config, ledger)", [config_opt])
+    p.add_argument("--output", "-o", metavar="DIR", default=".", help="directory to write it in (default: .)")
+    p.add_argument("--since", metavar="TIME", help="logs from this time: ISO date/time, 10m, 2h, 1d, today, yesterday")
+    p.add_argument("--until", metavar="TIME", help="logs up to this time (same forms)")
+    p.add_argument("--no-journal", action="store_true", help="leave the systemd journal out")
 
     p = leaf(sub, "logs", cmd_logs, "local logs", [config_opt])
     p.add_argument("--since", metavar="TIME", help="ISO date/time, 10m, 2h, 1d, today, yesterday")
@@ -636,6 +769,10 @@ def build_parser() -> argparse.ArgumentParser:
     hal_sub = hal.add_subparsers(dest="hal_command", metavar="ACTION", required=True)
     leaf(hal_sub, "check", cmd_hal_check, "probe each configured device (daemon stopped)", [config_opt])
     leaf(hal_sub, "calibrate", cmd_hal_calibrate, "two-point calibration of the pilot ADC (no EV)", [config_opt])
+
+    from firmware.fleet.cli import add_parser as add_fleet
+
+    add_fleet(sub, [config_opt])
     return parser
 
 

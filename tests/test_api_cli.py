@@ -492,14 +492,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("evse ") and out.strip() != "evse"
 
 
-@pytest.mark.parametrize(("argv", "name"), [(["sessions", "--csv"], "sessions")])
-def test_later_commands_say_so(argv: list[str], name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(argv) == 1
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err == f"evse {name}: not available in this build yet\n"
-
-
 # --- configuration through the CLI --------------------------------------------------------------------------
 
 

@@ -272,8 +272,10 @@ async def _still_fine(h: Harness) -> None:
             id="unknown-action",
         ),
         pytest.param(
-            "get-diag",
-            json.dumps([2, "get-diag", "GetDiagnostics", {"location": "ftp://example.com/"}]),
+            "get-certs",
+            json.dumps(
+                [2, "get-certs", "GetInstalledCertificateIds", {"certificateType": "CentralSystemRootCertificate"}]
+            ),
             "NotSupported",
             id="known-but-unsupported-action",
         ),

@@ -168,6 +168,14 @@ class CentralChargePoint(ChargePoint):
     def on_firmware_status_notification(self, **kwargs: Any) -> call_result.FirmwareStatusNotification:
         return call_result.FirmwareStatusNotification()
 
+    @on(Action.log_status_notification)
+    def on_log_status_notification(self, **kwargs: Any) -> call_result.LogStatusNotification:
+        return call_result.LogStatusNotification()
+
+    @on(Action.signed_firmware_status_notification)
+    def on_signed_firmware_status_notification(self, **kwargs: Any) -> call_result.SignedFirmwareStatusNotification:
+        return call_result.SignedFirmwareStatusNotification()
+
 
 class TestCentralSystem:
     """An OCPP 1.6J central system on 127.0.0.1 for tests. Not a test class (``__test__ = False``)."""

@@ -162,6 +162,9 @@ server.on('client', (client) => {
     client.handle('DataTransfer', () => ({ status: 'Accepted' }));
     client.handle('DiagnosticsStatusNotification', () => ({}));
     client.handle('FirmwareStatusNotification', () => ({}));
+    client.handle('LogStatusNotification', () => ({}));
+    client.handle('SignedFirmwareStatusNotification', () => ({}));
+    client.handle('SecurityEventNotification', () => ({}));
 });
 
 async function control(line) {
