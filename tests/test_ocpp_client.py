@@ -134,6 +134,20 @@ async def test_configuration_get_and_change(harness: Harness) -> None:
     assert harness.app.ocpp.configuration.get_int("MeterValueSampleInterval") == 15
 
 
+async def test_a_new_sample_interval_applies_at_once(harness: Harness) -> None:
+    """The old 60 s wait is not finished first: MeterValues follow the new 1 s interval right away."""
+    csms, app = harness.csms, harness.app
+    harness.sim.plug()
+    harness.sim.tap(bytes.fromhex("04A1B2C3"))
+    await harness.advance(3.0)
+    await csms.wait_for(lambda: csms.count("StartTransaction") == 1)
+    assert app.ocpp.configuration.get_int("MeterValueSampleInterval") == 60
+    await asyncio.sleep(0.2)  # the sampling loop is inside its 60 s wait now
+    result = await csms.call(CP, call.ChangeConfiguration(key="MeterValueSampleInterval", value="1"))
+    assert result.status == "Accepted"
+    await csms.wait_for(lambda: csms.count("MeterValues") >= 2, timeout=4.0)
+
+
 async def test_change_availability_and_unknown_actions(harness: Harness) -> None:
     csms, app = harness.csms, harness.app
     result = await csms.call(CP, call.ChangeAvailability(connector_id=1, type="Inoperative"))

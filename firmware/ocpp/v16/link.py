@@ -60,11 +60,23 @@ class CentralSystemLink(DiagnosticsHandlers, FirmwareHandlers, ChargePoint):  # 
             return
         await super().route_message(raw_msg)
 
+    async def _send(self, message: str) -> None:
+        """Every outgoing frame; a CALL (``[2,"id","Action",...]``) is counted as it goes on the wire."""
+        observer = self.service.call_observer
+        if observer is not None and message.startswith("[2,"):
+            parts = message.split('"', 4)
+            if len(parts) > 3:
+                observer.sent(parts[3])
+        await super()._send(message)
+
     async def _handle_call(self, msg: Any) -> Any:
         """OCPP-J 1.6 §4.2.3: NotImplemented = action not known; NotSupported = known but not supported.
 
         (The ocpp package answers the other way round.)
         """
+        observer = self.service.call_observer
+        if observer is not None:
+            observer.received(msg.action)
         handlers = self.route_map.get(msg.action)
         if handlers is None or "_on_action" not in handlers:
             if msg.action in _KNOWN_ACTIONS:

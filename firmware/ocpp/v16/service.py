@@ -12,9 +12,10 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.exceptions import OCPPError
@@ -84,6 +85,19 @@ def error_code(faults: frozenset[str]) -> tuple[str, str | None]:
     return ("OtherError", sorted(faults)[0]) if faults else ("NoError", None)
 
 
+class CallObserver(Protocol):
+    """Sees every CALL on the link: the fleet simulator counts and times them.
+
+    ``sent`` when a charger-initiated CALL is written to the socket, ``answered``/``failed`` when its
+    caller gets the result, ``received`` for each CALL from the CSMS.
+    """
+
+    def sent(self, action: str) -> None: ...
+    def answered(self, action: str, latency_s: float) -> None: ...
+    def failed(self, action: str, kind: str) -> None: ...
+    def received(self, action: str) -> None: ...
+
+
 class OcppService:
     def __init__(
         self,
@@ -125,6 +139,7 @@ class OcppService:
         self._scheduled_availability: str | None = None
         self._pending_remote_start: str | None = None
         self._last_heartbeat = 0.0
+        self.call_observer: CallObserver | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._boot_hooks: list[Callable[[], Coroutine[Any, Any, None]]] = []
         # Set by the assembly once the service exists (both send through it).
@@ -203,14 +218,30 @@ class OcppService:
                     await task
 
     async def _call(self, link: CentralSystemLink, payload: Any) -> Any:
+        action = type(payload).__name__
+        observer = self.call_observer  # counts the CALL when the link writes it, times it here
+        started = time.perf_counter()
         try:
-            return await link.call(payload, suppress=False)
+            result = await link.call(payload, suppress=False)
         except TimeoutError:
+            if observer is not None:
+                observer.failed(action, "timeout")
             if self.link is link:  # never drop a newer connection for a call made on an older one
-                await self.connection.drop(
-                    f"{type(payload).__name__} not answered within {self.response_timeout_s:g} s"
-                )
+                await self.connection.drop(f"{action} not answered within {self.response_timeout_s:g} s")
             raise
+        except OCPPError as exc:
+            if observer is not None:
+                observer.failed(action, f"CallError {exc.code}")
+            raise
+        except asyncio.CancelledError:
+            raise  # shutdown or a dropped link: not the CSMS's failure
+        except Exception as exc:
+            if observer is not None:
+                observer.failed(action, type(exc).__name__)
+            raise
+        if observer is not None:
+            observer.answered(action, time.perf_counter() - started)
+        return result
 
     async def _work(self, link: CentralSystemLink) -> None:
         if not self._booted:

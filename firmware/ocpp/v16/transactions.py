@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from firmware.aio import wait_event
 from firmware.auth import AuthStatus
 from firmware.auth.ocpp import IdTagInfo
 from firmware.charging.connector import StopReason
@@ -61,6 +62,10 @@ class TransactionReporter:
         #: (transaction ref, register Wh at which to stop) after an idTag was found invalid (MaxEnergyOnInvalidId).
         self._energy_cap: tuple[int, float] | None = None
         self._ended_listeners: list[Callable[[int], None]] = []
+        #: Set when the CSMS changes an interval: the loops re-plan at once instead of finishing the old wait.
+        self._sample_interval_changed = asyncio.Event()
+        self._aligned_interval_changed = asyncio.Event()
+        configuration.subscribe(self._on_key_changed)
         sessions.on_session_started(self.on_session_started)
         sessions.on_session_finished(self.on_session_finished)
 
@@ -171,11 +176,22 @@ class TransactionReporter:
             self.outbox.enqueue("MeterValues", payload)
         self.kick()
 
+    def _on_key_changed(self, key: str, value: object) -> None:
+        if key == "MeterValueSampleInterval":
+            self._sample_interval_changed.set()
+        elif key == "ClockAlignedDataInterval":
+            self._aligned_interval_changed.set()
+
     async def run_sampling(self) -> None:
-        """Sampled MeterValues every MeterValueSampleInterval during a transaction (0 = off)."""
+        """Sampled MeterValues every MeterValueSampleInterval during a transaction (0 = off).
+
+        A new interval from the CSMS applies at once (the next sample comes one new interval later).
+        """
         while True:
             interval = self.configuration.get_int("MeterValueSampleInterval")
-            await asyncio.sleep(interval if interval > 0 else 60)
+            self._sample_interval_changed.clear()
+            if await wait_event(self._sample_interval_changed, interval if interval > 0 else 86400):
+                continue
             if interval > 0:
                 self.sample_meter_values()
 
@@ -183,12 +199,14 @@ class TransactionReporter:
         """Clock-aligned MeterValues every ClockAlignedDataInterval, aligned to 00:00 UTC (0 = off)."""
         while True:
             interval = self.configuration.get_int("ClockAlignedDataInterval")
+            self._aligned_interval_changed.clear()
             if interval <= 0:
-                await asyncio.sleep(60)
+                await wait_event(self._aligned_interval_changed, 86400)
                 continue
             now = self.clock.now()
             boundary = next_boundary(now, interval)
-            await asyncio.sleep(max(0.0, (boundary - now).total_seconds()))
+            if await wait_event(self._aligned_interval_changed, max(0.0, (boundary - now).total_seconds())):
+                continue
             self.clock_aligned_sample(boundary)
 
     def clock_aligned_sample(self, boundary: datetime) -> None:
