@@ -467,8 +467,12 @@ async def run(settings: Settings, config_path: str | Path | None = None) -> int:
         log.critical("charge point stopped on an error", exc_info=True)
         return 1
     if app.restart_requested is not None:
+        from firmware.update.launcher import relaunch_command
+
         log.warning("restarting after a %s reset", app.restart_requested)
-        os.execv(sys.executable, [sys.executable, "-m", "firmware", *sys.argv[1:]])
+        # Through the firmware launcher when it started us (it picks the active slot), else the same command again.
+        argv = relaunch_command() or [sys.executable, "-m", "firmware", *sys.argv[1:]]
+        os.execv(argv[0], argv)
     return 0
 
 

@@ -771,7 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(hal_sub, "calibrate", cmd_hal_calibrate, "two-point calibration of the pilot ADC (no EV)", [config_opt])
 
     from firmware.fleet.cli import add_parser as add_fleet
+    from firmware.update import commands as firmware_commands
 
+    firmware_commands.register(sub, [config_opt])
     add_fleet(sub, [config_opt])
     return parser
 

@@ -23,7 +23,9 @@ def test_install_stages_the_service_layout_and_keeps_an_edited_config(tmp_path: 
     assert done.returncode == 0, done.stderr
     evse = tmp_path / "opt/evse/venv/bin/evse"
     unit = (tmp_path / "etc/systemd/system/evse.service").read_text()
-    assert "ExecStart=/opt/evse/venv/bin/evse run --config /etc/evse/config.toml" in unit
+    assert "ExecStart=/opt/evse/venv/bin/python -m firmware.update.launcher run --config /etc/evse/config.toml" in (
+        unit
+    )
     assert "ExecStartPre=+/opt/evse/bin/evse-pwm-setup" in unit
     assert os.access(tmp_path / "opt/evse/bin/evse-pwm-setup", os.X_OK)
     assert (tmp_path / "usr/lib/sysusers.d/evse.conf").read_text() == (ROOT / "systemd/evse.sysusers.conf").read_text()
@@ -32,6 +34,15 @@ def test_install_stages_the_service_layout_and_keeps_an_edited_config(tmp_path: 
     assert f"ok: {config}" in done.stdout
     version = subprocess.run([str(evse), "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("evse ")
+    # What the unit starts: the launcher in the factory venv, which runs the factory `evse` while no slot is active.
+    launcher = subprocess.run(
+        [str(tmp_path / "opt/evse/venv/bin/python"), "-m", "firmware.update.launcher", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EVSE_UPDATE_DIR": str(tmp_path / "var/lib/evse/firmware")},
+    )
+    assert launcher.returncode == 0 and launcher.stdout == version.stdout
     assert list((tmp_path / "opt/evse/venv/lib").glob("python3*/site-packages/firmware/__pycache__/*.pyc"))
     maps = subprocess.run(  # the meter register maps are data files: they must ship with the package
         [str(evse.with_name("python")), "-c", "from hal.meters import available_models; print(available_models())"],

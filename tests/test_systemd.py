@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "evse.service"
 SYSUSERS = REPO / "systemd" / "evse.sysusers.conf"
 MAX_EXPOSURE = 3.0
-COMMANDS = ("/opt/evse/bin/evse-pwm-setup", "/opt/evse/venv/bin/evse")
+COMMANDS = ("/opt/evse/bin/evse-pwm-setup", "/opt/evse/venv/bin/python")
 
 
 def _analyze() -> str:
@@ -108,7 +108,9 @@ def test_unit_contract() -> None:
     keys = _keys(UNIT.read_text())
     assert keys["Type"] == ["notify"]
     assert keys["NotifyAccess"] == ["main"]
-    assert keys["ExecStart"] == ["/opt/evse/venv/bin/evse run --config /etc/evse/config.toml"]
+    # The firmware launcher from the factory venv starts the active A/B slot (firmware/update/launcher.py).
+    launcher = "/opt/evse/venv/bin/python -m firmware.update.launcher run --config /etc/evse/config.toml"
+    assert keys["ExecStart"] == [launcher]
     assert keys["ExecStartPre"] == ["+/opt/evse/bin/evse-pwm-setup"]
     assert keys["Restart"] == ["on-failure"]
     assert int(keys["WatchdogSec"][0]) > 0
