@@ -26,11 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from firmware.config import Settings  # noqa: E402
-from firmware.fleet.runner import Fleet, FleetOptions, format_report, progress_printer, rss_mb  # noqa: E402
+from firmware.fleet.runner import (  # noqa: E402
+    Fleet,
+    FleetOptions,
+    format_report,
+    progress_printer,
+    rss_mb,
+    setup_fleet_logging,
+)
 from firmware.fleet.scenario import load_scenario  # noqa: E402
 
 
 async def run(args: argparse.Namespace) -> int:
+    setup_fleet_logging()
     central = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "light_csms.py"), "--heartbeat", "60", "--sample-interval", "10"],
         stdout=subprocess.PIPE,

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -22,12 +22,16 @@ from firmware.aio import wait_event
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
 from firmware.backends import build_hardware, unsupported
+from firmware.charging.connector import Status
 from firmware.charging.controller import ChargingController, ControllerSettings
 from firmware.config import Settings
+from firmware.ledger import SessionLedger
 from firmware.limits.arbiter import Arbiter
 from firmware.limits.manager import LimitsError, LimitsManager
 from firmware.metering import MeterSampler
+from firmware.payment.tariff import Tariff
 from firmware.session import SessionManager
+from firmware.store import Store
 from firmware.supervision import BoardSupervisor
 from hal.clock import Clock, SystemClock
 from hal.interfaces import Hardware, MeterReading
@@ -121,15 +125,15 @@ class ChargePointApp:
         )
         self.restart_requested: str | None = None
         self._stop: asyncio.Event | None = None
+        # One store per charger: the session ledger always, the OCPP queue, keys and profiles when a CSMS is set.
+        self.store = Store(Path(settings.store.dir) / "evse.db")
         self.ocpp: Any = None
         if settings.ocpp.url:
             from firmware.ocpp.v16 import assembly
-            from firmware.store import Store
 
-            store = Store(Path(settings.store.dir) / "evse.db")
             self.ocpp = assembly.build(
                 settings,
-                store,
+                self.store,
                 self.clock,
                 self.controller,
                 self.sessions,
@@ -142,6 +146,18 @@ class ChargePointApp:
             if settings.auth.mode == "ocpp":
                 self.sessions.authorizer = self.ocpp.authorizer
             self.sampler.add_reading_listener(self.ocpp.service.transactions.on_meter_reading)
+        # After the OCPP reporter's listeners: a started session has its transaction ref by then.
+        self.tariff = Tariff.from_config(**asdict(settings.tariff))
+        self.ledger = SessionLedger(
+            self.store,
+            self.clock,
+            self.tariff,
+            update_every_s=settings.store.ledger_interval_s,
+            evse_suspended=lambda: self.controller.connector.status is Status.SUSPENDED_EVSE,
+        )
+        self.sessions.on_session_started(self.ledger.on_session_started)
+        self.sessions.on_session_finished(self.ledger.on_session_finished)
+        self.sampler.add_reading_listener(self.ledger.on_reading)
 
     def _add_limit_sources(self) -> None:
         """The local claims the settings ask for; each source lives in its own module under firmware.limits."""
@@ -280,6 +296,9 @@ class ChargePointApp:
             }
         )
         status["transaction"] = self.sessions.transaction_status()
+        if status["transaction"] is not None:
+            status["transaction"]["cost"] = self._cost_status()
+        status["payment"] = self._payment_status()
         status["ocpp"] = (
             self.ocpp.service.status() if self.ocpp is not None else {"enabled": False, "connected": False, "queued": 0}
         )
@@ -287,6 +306,30 @@ class ChargePointApp:
         if self.sim is not None:
             status["sim"] = self.sim.snapshot()
         return status
+
+    def _cost_status(self) -> dict[str, Any] | None:
+        """The running session's cost: the CSMS's when it sent one (California Pricing), else the local estimate."""
+        pricing = getattr(self.ocpp, "pricing", None) if self.ocpp is not None else None
+        record = self.sessions.current
+        if pricing is not None and record is not None and record.transaction_ref is not None:
+            backend = pricing.display(self.ocpp.outbox.transaction_id(record.transaction_ref))
+            if backend is not None:
+                return dict(backend)
+        cost = self.ledger.running_cost()
+        if cost is None:
+            return None
+        return {"source": "local", "total": str(cost.total), "currency": cost.currency, **cost.as_dict()}
+
+    def _payment_status(self) -> dict[str, Any]:
+        decision = self.sessions.last_decision
+        template = self.settings.payment.adhoc_url
+        return {
+            "adhoc_url": template.format(charger_id=self.settings.charger.id, connector_id=1) if template else None,
+            "tariff": None if self.ledger.tariff is None else self.tariff.describe(),
+            "last_authorization": None
+            if decision is None
+            else {"id_tag": decision.id_tag, "status": decision.status.value, "source": decision.source},
+        }
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         async def status(_: dict[str, Any]) -> Any:
@@ -371,6 +414,7 @@ class ChargePointApp:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""
         if self.supervisor is not None:
             self.supervisor.start()  # a board whose ADC does not answer fails here, before anything is served
+        self.ledger.recover(await self.sampler.register_wh())  # sessions a power cut left open
         server = ControlServer(self.settings.control.socket, self.handlers()) if serve_api else None
         if server is not None:
             await server.start()
@@ -430,7 +474,7 @@ class ChargePointApp:
                 diagnostics = self.ocpp.service.diagnostics
                 if diagnostics is not None:
                     await diagnostics.close()  # a running upload stops and cleans up its partial file first
-                self.ocpp.store.close()
+            self.store.close()
             hw = self.hardware
             for device in {id(d): d for d in (hw.meter, hw.grid_meter, hw.reader) if d is not None}.values():
                 close = getattr(device, "aclose", None)  # Modbus meters release their bus, readers their thread

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -316,11 +316,22 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     """The session ledger straight from the store file (read-only): works with the daemon stopped or running."""
     from firmware.diagnostics import ledger
 
+    since, until = _period(args.from_, args.to)
     settings, _ = _settings_or_defaults(args.config)
     db_path = Path(settings.store.dir) / ledger.DB_FILE_NAME
     try:
         with ledger.read_only(db_path) as conn:
-            rows = ledger.sessions(conn, limit=args.limit)
+            if args.csv:
+                sys.stdout.write(ledger.sessions_csv(conn, since=since, until=until))
+                return 0
+            if args.summary:
+                cards, total = ledger.summary(conn, since=since, until=until)
+                if args.json:
+                    print(json.dumps([_totals_json(c) for c in [*cards, total]], indent=2))
+                else:
+                    print("\n".join(format_summary(cards, total, since, until)))
+                return 0
+            rows = ledger.sessions(conn, limit=args.limit, since=since, until=until)
     except ledger.LedgerError as exc:
         raise CliError(1, f"evse sessions: {exc}") from None
     now = _utcnow()
@@ -332,6 +343,64 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_sessions(views)))
     return 0
+
+
+def _period(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    """``--from``/``--to``: an ISO date (whole days, UTC; --to includes its day) or an ISO date-time."""
+
+    def parse(text: str | None, flag: str, end_of_day: bool) -> datetime | None:
+        if not text:
+            return None
+        try:
+            if len(text) == 10:
+                day = datetime.fromisoformat(text).replace(tzinfo=UTC)
+                return day + timedelta(days=1) if end_of_day else day
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise CliError(2, f"evse sessions: {flag}: {text!r} is not an ISO date or date-time") from None
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+    since, until = parse(start, "--from", False), parse(end, "--to", True)
+    if since is not None and until is not None and until <= since:
+        raise CliError(2, "evse sessions: --to is not after --from")
+    return since, until
+
+
+def _totals_json(totals: Any) -> dict[str, Any]:
+    return {
+        "id_tag": totals.id_tag,
+        "sessions": totals.sessions,
+        "running": totals.running,
+        "energy_kwh": str(totals.energy_kwh),
+        "revenue": {currency: str(amount) for currency, amount in sorted(totals.revenue.items())},
+    }
+
+
+def format_summary(cards: Sequence[Any], total: Any, since: datetime | None, until: datetime | None) -> list[str]:
+    """Revenue, energy and sessions per card, then the total (the sum of the lines above)."""
+    period = f"{since.isoformat() if since else 'the start'} to {until.isoformat() if until else 'now'}"
+    table = [("CARD", "SESSIONS", "ENERGY", "REVENUE")]
+
+    def revenue(t: Any) -> str:
+        return ", ".join(f"{amount} {currency}" for currency, amount in sorted(t.revenue.items())) or "-"
+
+    def sessions_text(t: Any) -> str:
+        return f"{t.sessions}" + (f" ({t.running} running)" if t.running else "")
+
+    for t in [*cards, total]:
+        table.append((t.id_tag, sessions_text(t), f"{t.energy_kwh} kWh", revenue(t)))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = [f"sessions started from {period}"]
+    for index, row in enumerate(table):
+        if index == len(table) - 1:
+            lines.append("  ".join("-" * w for w in widths))
+        lines.append(
+            "  ".join(
+                cell.rjust(width) if column in (1, 2) else cell.ljust(width)
+                for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    return lines
 
 
 def cmd_diag(args: argparse.Namespace) -> int:
@@ -407,6 +476,16 @@ def format_status(status: Mapping[str, Any]) -> list[str]:
         ("  voltage", _triple(meter.get("voltage_v"), ".1f", "V")),
         ("transaction", _format_transaction(status.get("transaction"))),
     ]
+    payment = _mapping(status.get("payment"))
+    last = _mapping(payment.get("last_authorization"))
+    if last:
+        rows.append(
+            ("last card", f"{_text(last.get('id_tag'))} {_text(last.get('status'))} by {_text(last.get('source'))}")
+        )
+    if payment.get("tariff"):
+        rows.append(("tariff", _text(payment.get("tariff"))))
+    if payment.get("adhoc_url"):
+        rows.append(("pay without a card", _text(payment.get("adhoc_url"))))
     if ocpp and ocpp.get("enabled") is False:
         rows.append(("ocpp", "off (no [ocpp] url configured)"))
     elif ocpp:
@@ -438,8 +517,10 @@ def _format_transaction(tx: Any) -> str:
     if tx.get("started_at"):
         parts.append(f"since {tx['started_at']}")
     parts.append(_num(_kwh(tx.get("energy_wh")), ".3f", "kWh"))
-    if tx.get("cost") is not None:
-        parts.append(f"cost {tx['cost']}")
+    cost = tx.get("cost")
+    if isinstance(cost, Mapping) and cost.get("total") is not None:
+        label = "CSMS price" if cost.get("source") == "backend" else "local estimate"
+        parts.append(f"cost {cost['total']} {_text(cost.get('currency'), '')}".rstrip() + f" ({label})")
     return ", ".join(parts)
 
 
@@ -472,10 +553,14 @@ def session_view(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     duration = (end - started).total_seconds() if started is not None and end is not None else None
     start_wh, stop_wh = row.get("meter_start_wh"), row.get("meter_stop_wh")
     energy = None
-    if isinstance(start_wh, int | float) and isinstance(stop_wh, int | float) and not running:
+    stored = row.get("energy_wh")  # the ledger keeps the register difference, also while a session runs
+    if isinstance(stored, int | float):
+        energy = round(stored / 1000, 3)
+    elif isinstance(start_wh, int | float) and isinstance(stop_wh, int | float) and not running:
         energy = round((stop_wh - start_wh) / 1000, 3)
     return {
         **dict(row),
+        "ref": row.get("id", row.get("ref")),
         "running": running,
         "duration_s": None if duration is None else round(duration, 1),
         "energy_kwh": energy,
@@ -484,8 +569,12 @@ def session_view(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 
 def format_sessions(views: Sequence[Mapping[str, Any]]) -> list[str]:
     """The ledger as an aligned table, newest first (as given)."""
-    table = [("REF", "TX", "IDTAG", "START", "STOP", "DURATION", "ENERGY", "REASON")]
+    table = [("REF", "TX", "IDTAG", "START", "STOP", "DURATION", "ENERGY", "COST", "REASON")]
     for v in views:
+        cost = v.get("cost")
+        cost_text = "-" if cost is None else f"{cost} {v.get('currency') or ''}".rstrip()
+        if cost is not None and v.get("cost_source") == "backend":
+            cost_text += " (CSMS)"
         table.append(
             (
                 _text(v.get("ref")),
@@ -495,11 +584,12 @@ def format_sessions(views: Sequence[Mapping[str, Any]]) -> list[str]:
                 "running" if v.get("running") else _utc_text(v.get("stopped_at")),
                 _duration(v.get("duration_s")),
                 _num(v.get("energy_kwh"), ".3f", "kWh"),
+                cost_text,
                 _text(v.get("stop_reason")),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    right = {0, 1, 5, 6}  # numbers line up on their last digit
+    right = {0, 1, 5, 6, 7}  # numbers line up on their last digit
     return [
         "  ".join(
             cell.rjust(width) if column in right else cell.ljust(width)
@@ -753,6 +843,10 @@ def build_parser() -> argparse.ArgumentParser:
         [config_opt],
     )
     p.add_argument("--limit", type=_count, metavar="N", help="only the newest N sessions")
+    p.add_argument("--from", dest="from_", metavar="DATE", help="sessions started on or after (ISO date or time, UTC)")
+    p.add_argument("--to", metavar="DATE", help="sessions started before the end of this day (or this time)")
+    p.add_argument("--summary", action="store_true", help="sessions, energy and revenue per card, and the total")
+    p.add_argument("--csv", action="store_true", help="every ledger column as CSV, oldest first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = leaf(sub, "diag", cmd_diag, "write a diagnostics bundle (logs, redacted config, ledger)", [config_opt])

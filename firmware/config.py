@@ -241,6 +241,10 @@ class StoreSettings:
     """Where state that must survive a restart lives."""
 
     dir: str = setting("/var/lib/evse", "database, queue, ledger and log files", length=(1, None))
+    ledger_interval_s: float = setting(
+        10.0, "a running session's ledger row is rewritten this often (a power cut loses at most this)", unit="s",
+        min=1, max=300,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -445,6 +449,98 @@ class SolarSettings:
     stale_after_s: float = setting(10.0, "grid data older than this pauses solar charging", unit="s", min=1, max=600)
 
 
+def _currency(value: str) -> str | None:
+    if re.fullmatch(r"[A-Z]{3}", value):
+        return None
+    return f'{_show(value)} is not an ISO 4217 code of three capital letters (e.g. "EUR")'
+
+
+def _price(value: str) -> str | None:
+    from firmware.payment.tariff import to_money
+
+    try:
+        to_money(value)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _tariff_band(value: str) -> str | None:
+    from firmware.payment.tariff import parse_band
+
+    try:
+        parse_band(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+_URL_FIELDS = frozenset({"charger_id", "connector_id"})
+
+
+def _payment_url(value: str) -> str | None:
+    if not value:
+        return None
+    import string
+
+    try:
+        fields_used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        return f"{_show(value)} is not a valid template ({exc})"
+    unknown = sorted(fields_used - _URL_FIELDS)
+    if unknown:
+        return f"unknown placeholder {{{unknown[0]}}}: use {{charger_id}} and {{connector_id}}"
+    parts = urlsplit(value.format(charger_id="CP", connector_id=1))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{_show(value)} must be an http:// or https:// URL with a host"
+    return None
+
+
+@dataclass(frozen=True)
+class TariffSettings:
+    """The local price list: shown to drivers and used for offline estimates; a backend price (California
+    Pricing) replaces it when the CSMS sends one. Prices are strings ("0.39"), never TOML floats."""
+
+    currency: str = setting("EUR", "ISO 4217 currency code", check=_currency)
+    decimals: int = setting(2, "places a cost is rounded to (half-up, once per session)", min=0, max=4)
+    energy_per_kwh: str = setting(
+        "0", 'price per kWh of the meter\'s import register, e.g. "0.39"', unit="currency/kWh", check=_price
+    )
+    time_per_hour: str = setting("0", "price per hour counted as time_basis says", unit="currency/h", check=_price)
+    time_basis: str = setting(
+        "charging",
+        "which hours the time price counts: while energy flows, or the whole session",
+        choices=("charging", "connected"),
+    )
+    session_fee: str = setting("0", "flat fee once per session", unit="currency", check=_price)
+    idle_per_hour: str = setting(
+        "0",
+        "fee per hour plugged in without drawing current after charging, beyond the grace",
+        unit="currency/h",
+        check=_price,
+    )
+    idle_grace_min: int = setting(0, "idle minutes before the idle fee runs", unit="min", min=0, max=10080)
+    bands: tuple[str, ...] = setting(
+        (),
+        'time-of-use prices, e.g. "Mon-Fri 07:00-22:00 kwh=0.45 hour=1.20"; bands must not overlap',
+        length=(1, 80),
+        check=_tariff_band,
+    )
+    timezone: str = setting("", "IANA time zone of the bands; empty = the system's", check=_zone)
+
+
+@dataclass(frozen=True)
+class PaymentSettings:
+    """How a driver without a card pays."""
+
+    adhoc_url: str = setting(
+        "",
+        "payment page for ad-hoc drivers, shown by evse status and as QR content; "
+        "{charger_id} and {connector_id} are filled in; empty = none",
+        check=_payment_url,
+    )
+
+
 @dataclass(frozen=True)
 class DiagnosticsSettings:
     """Diagnostics bundles (logs, redacted config, session ledger) for the CSMS and technicians."""
@@ -512,6 +608,8 @@ class Settings:
     offpeak: OffpeakSettings = field(default_factory=OffpeakSettings)
     thermal: ThermalSettings = field(default_factory=ThermalSettings)
     solar: SolarSettings = field(default_factory=SolarSettings)
+    tariff: TariffSettings = field(default_factory=TariffSettings)
+    payment: PaymentSettings = field(default_factory=PaymentSettings)
     diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
     sim: SimSettings = field(default_factory=SimSettings)
@@ -662,6 +760,13 @@ def _cross_checks(s: Settings, bad: set[str]) -> Iterator[str]:
         yield "ocpp.client_cert: security profile 3 needs a client certificate file"
     if profile == 3 and not ocpp.client_key and valid("ocpp.client_key"):
         yield "ocpp.client_key: security profile 3 needs a client key file"
+    if s.tariff.bands and valid("tariff.bands"):
+        from firmware.payment.tariff import check_bands, parse_band
+
+        try:
+            check_bands([parse_band(b) for b in s.tariff.bands])
+        except ValueError as exc:
+            yield f"tariff.bands: {exc}"
     if s.auth.mode == "ocpp" and not ocpp.url and valid("ocpp.url"):
         yield 'auth.mode: "ocpp" needs a CSMS url in ocpp.url'
     for name, meter in (("meter", s.meter), ("grid_meter", s.grid_meter)):

@@ -44,6 +44,8 @@ class SessionRecord:
     #: The durable transaction this session is recorded as (set by the OCPP layer when present).
     transaction_ref: int | None = None
     reservation_id: int | None = None
+    #: How the driver was authorized: "card (csms)", "remote start (local-list)", "free vend (free)", ...
+    auth: str | None = None
 
     def energy_wh(self, register_wh: float | None = None) -> float | None:
         end = self.meter_stop_wh if self.meter_stop_wh is not None else register_wh
@@ -86,6 +88,8 @@ class SessionManager:
         self.current: SessionRecord | None = None
         self.history: deque[SessionRecord] = deque(maxlen=100)
         self.last_decision: AuthDecision | None = None
+        #: (via, decision source) of the authorization the next session starts with.
+        self._authorized_by: str | None = None
         self._events: asyncio.Queue[ControllerEvent] = asyncio.Queue()
         self._finished_listeners: list[Callable[[SessionRecord], None]] = []
         self._started_listeners: list[Callable[[SessionRecord], None]] = []
@@ -122,6 +126,7 @@ class SessionManager:
             decision.reason,
         )
         if decision.accepted and connector.authorize(id_tag):
+            self._authorized_by = f"{via} ({decision.source})"
             self.controller.flash(IndicatorPattern.AUTHORIZED)
             self.controller.wake()
         elif decision.accepted:
@@ -130,6 +135,10 @@ class SessionManager:
         else:
             self.controller.flash(IndicatorPattern.REJECTED)
         return decision
+
+    def note_authorization(self, via: str, source: str) -> None:
+        """An authorization granted outside :meth:`present_id_tag` (a remote start the CSMS vouches for)."""
+        self._authorized_by = f"{via} ({source})"
 
     async def handle_tap(self, tap: CardTap) -> AuthDecision | None:
         try:
@@ -191,8 +200,14 @@ class SessionManager:
         if isinstance(event, SessionStarted):
             register = await self.sampler.register_wh()
             self.current = SessionRecord(
-                event.session, event.id_tag, event.at, register, reservation_id=event.reservation_id
+                event.session,
+                event.id_tag,
+                event.at,
+                register,
+                reservation_id=event.reservation_id,
+                auth=self._authorized_by,
             )
+            self._authorized_by = None
             log.info("session %d started for %s, meter %s Wh", event.session, event.id_tag, _wh(register))
             for listener in self._started_listeners:
                 listener(self.current)

@@ -84,6 +84,35 @@ MIGRATIONS: list[str] = [
         installed_at     TEXT NOT NULL
     );
     """,
+    # 3: the session ledger (billing record of every session, with or without a CSMS). A row is written when the
+    # session starts and updated while it runs, so a power cut loses at most the last update interval.
+    """
+    CREATE TABLE sessions (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        connector_id     INTEGER NOT NULL,
+        id_tag           TEXT NOT NULL,
+        auth             TEXT NULL,
+        transaction_ref  INTEGER NULL,
+        started_at       TEXT NOT NULL,
+        stopped_at       TEXT NULL,
+        updated_at       TEXT NOT NULL,
+        meter_start_wh   REAL NULL,
+        meter_stop_wh    REAL NULL,
+        meter_last_wh    REAL NULL,
+        energy_wh        REAL NULL,
+        duration_s       REAL NULL,
+        cost             TEXT NULL,
+        currency         TEXT NULL,
+        cost_source      TEXT NULL,
+        cost_detail      TEXT NULL,
+        tariff           TEXT NULL,
+        stop_reason      TEXT NULL,
+        signed_start     TEXT NULL,
+        signed_stop      TEXT NULL
+    );
+    CREATE INDEX sessions_started ON sessions(started_at);
+    CREATE INDEX sessions_open ON sessions(stopped_at);
+    """,
 ]
 
 

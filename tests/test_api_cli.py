@@ -377,6 +377,31 @@ async def test_status_human_summary(daemon: Daemon, capsys: pytest.CaptureFixtur
     assert daemon.requests == [("status", {})]
 
 
+async def test_status_shows_what_a_driver_pays(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """Running cost (labelled local estimate or CSMS price), the last card's decision, the tariff, the pay link."""
+    daemon.status = {
+        **STATUS,
+        "transaction": {**STATUS["transaction"], "cost": {"source": "local", "total": "1.75", "currency": "EUR"}},
+        "payment": {
+            "adhoc_url": "https://pay.example.com/CP-1/1",
+            "tariff": "EUR: 0.39/kWh, 0.50 per session",
+            "last_authorization": {"id_tag": "DEADBEEF", "status": "Invalid", "source": "csms"},
+        },
+    }
+    assert await evse("status", "--socket", daemon.path) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "transaction:         #42, card 04A32BC1, since 2026-11-27T05:14:26+00:00, 3.210 kWh, cost 1.75 EUR "
+        "(local estimate)" in out
+    )
+    assert "last card:           DEADBEEF Invalid by csms" in out
+    assert "tariff:              EUR: 0.39/kWh, 0.50 per session" in out
+    assert "pay without a card:  https://pay.example.com/CP-1/1" in out
+    daemon.status["transaction"]["cost"] = {"source": "backend", "total": "2.10", "currency": "EUR"}
+    assert await evse("status", "--socket", daemon.path) == 0
+    assert "cost 2.10 EUR (CSMS price)" in capsys.readouterr().out
+
+
 async def test_status_json_is_the_daemons_result(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert await evse("--socket", daemon.path, "status", "--json") == 0
     assert json.loads(capsys.readouterr().out) == STATUS

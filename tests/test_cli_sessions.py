@@ -6,16 +6,22 @@ import json
 import re
 import tarfile
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from ledger_support import record_session
+
 from firmware import cli
+from firmware.payment.tariff import Tariff
 from firmware.ocpp.outbox import Outbox
 from firmware.store import Store
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 KEY = "AKEY-0f1e2d3c4b5a6978"
+#: 0.40 EUR/kWh and a 1.00 EUR session fee.
+TARIFF = Tariff(currency="EUR", energy_per_kwh=Decimal("0.40"), session_fee=Decimal("1.00"))
 
 
 @pytest.fixture
@@ -37,11 +43,23 @@ def ledger(config: Path) -> Path:
     store_dir = config.parent / "store"
     with Store(store_dir / "evse.db") as store:
         outbox = Outbox(store, wall=lambda: 0.0, attempts=lambda: 3, retry_interval=lambda: 60.0)
-        first = outbox.begin_transaction(1, "04A1B2C3", 12500.0, datetime(2026, 11, 26, 18, 2, 11, tzinfo=UTC))
-        outbox.end_transaction(first, 23840.5, datetime(2026, 11, 26, 20, 16, 14, tzinfo=UTC), "EVDisconnected")
-        second = outbox.begin_transaction(1, "APPUSER1", 23840.5, datetime(2026, 11, 27, 6, 0, 0, tzinfo=UTC))
-        outbox.end_transaction(second, 24000.5, datetime(2026, 11, 27, 6, 0, 42, tzinfo=UTC), "Remote")
-        outbox.begin_transaction(1, "04A1B2C3", 24000.5, NOW - timedelta(minutes=75, seconds=30))
+        t1, t2 = datetime(2026, 11, 26, 18, 2, 11, tzinfo=UTC), datetime(2026, 11, 26, 20, 16, 14, tzinfo=UTC)
+        first = outbox.begin_transaction(1, "04A1B2C3", 12500.0, t1)
+        outbox.end_transaction(first, 23840.5, t2, "EVDisconnected")
+        record_session(
+            store, "04A1B2C3", t1, 12500.0, stopped_at=t2, meter_stop_wh=23840.5, reason="EVDisconnected",
+            transaction_ref=first, tariff=TARIFF,
+        )  # fmt: skip
+        t3, t4 = datetime(2026, 11, 27, 6, 0, 0, tzinfo=UTC), datetime(2026, 11, 27, 6, 0, 42, tzinfo=UTC)
+        second = outbox.begin_transaction(1, "APPUSER1", 23840.5, t3)
+        outbox.end_transaction(second, 24000.5, t4, "Remote")
+        record_session(
+            store, "APPUSER1", t3, 23840.5, stopped_at=t4, meter_stop_wh=24000.5, reason="Remote",
+            transaction_ref=second, tariff=TARIFF, auth="remote start (csms)",
+        )  # fmt: skip
+        t5 = NOW - timedelta(minutes=75, seconds=30)
+        third = outbox.begin_transaction(1, "04A1B2C3", 24000.5, t5)
+        record_session(store, "04A1B2C3", t5, 24000.5, transaction_ref=third, tariff=TARIFF)
         with store.transaction() as conn:
             conn.execute("UPDATE transactions SET transaction_id = 41 WHERE ref = ?", (first,))
     (store_dir / "evse.log").write_text(
@@ -66,10 +84,10 @@ def test_sessions_newest_first(ledger: Path, config: Path, capsys: pytest.Captur
     code, out, err = run(capsys, "sessions", "--config", str(config))
     assert (code, err) == (0, "")
     assert out.splitlines() == [
-        "REF  TX  IDTAG     START                 STOP                  DURATION      ENERGY  REASON",
-        "  3   -  04A1B2C3  2026-11-27 08:44:30Z  running                  1h15m           -  -",
-        "  2   -  APPUSER1  2026-11-27 06:00:00Z  2026-11-27 06:00:42Z       42s   0.160 kWh  Remote",
-        "  1  41  04A1B2C3  2026-11-26 18:02:11Z  2026-11-26 20:16:14Z     2h14m  11.341 kWh  EVDisconnected",
+        "REF  TX  IDTAG     START                 STOP                  DURATION      ENERGY      COST  REASON",
+        "  3   -  04A1B2C3  2026-11-27 08:44:30Z  running                  1h15m   0.000 kWh         -  -",
+        "  2   -  APPUSER1  2026-11-27 06:00:00Z  2026-11-27 06:00:42Z       42s   0.160 kWh  1.06 EUR  Remote",
+        "  1  41  04A1B2C3  2026-11-26 18:02:11Z  2026-11-26 20:16:14Z     2h14m  11.341 kWh  5.54 EUR  EVDisconnected",
     ]
 
 
@@ -84,33 +102,38 @@ def test_sessions_json(ledger: Path, config: Path, capsys: pytest.CaptureFixture
     assert code == 0
     rows = json.loads(out)
     assert [r["ref"] for r in rows] == [3, 2, 1]
-    assert rows[0]["running"] is True and rows[0]["stopped_at"] is None and rows[0]["energy_kwh"] is None
+    assert rows[0]["running"] is True and rows[0]["stopped_at"] is None and rows[0]["energy_kwh"] == 0.0
     assert rows[0]["duration_s"] == 4530.0
-    assert rows[2] == {
+    first = rows[2]
+    assert {k: first[k] for k in ("ref", "id", "connector_id", "id_tag", "transaction_id", "auth")} == {
         "ref": 1,
+        "id": 1,
         "connector_id": 1,
         "id_tag": "04A1B2C3",
         "transaction_id": 41,
-        "meter_start_wh": 12500.0,
-        "started_at": "2026-11-26T18:02:11+00:00",
-        "stopped_at": "2026-11-26T20:16:14+00:00",
-        "meter_stop_wh": 23840.5,
-        "stop_reason": "EVDisconnected",
-        "reservation_id": None,
-        "running": False,
-        "duration_s": 8043.0,
-        "energy_kwh": 11.341,
+        "auth": "card (csms)",
     }
+    assert (first["meter_start_wh"], first["meter_stop_wh"], first["energy_wh"]) == (12500.0, 23840.5, 11340.5)
+    assert (first["started_at"], first["stopped_at"]) == ("2026-11-26T18:02:11+00:00", "2026-11-26T20:16:14+00:00")
+    assert (first["stop_reason"], first["running"], first["duration_s"], first["energy_kwh"]) == (
+        "EVDisconnected",
+        False,
+        8043.0,
+        11.341,
+    )
+    # Money as exact decimal strings: 11.3405 kWh x 0.40 + 1.00 = 5.5362 -> 5.54 (half-up, once).
+    assert (first["cost"], first["currency"], first["cost_source"]) == ("5.54", "EUR", "local")
+    assert json.loads(first["cost_detail"])["energy"] == "4.54"
 
 
 def test_sessions_shows_later_ledger_columns_in_json(
     ledger: Path, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with Store(ledger / "evse.db") as store, store.transaction() as conn:
-        conn.execute("ALTER TABLE transactions ADD COLUMN cost_cents INTEGER NULL")
-        conn.execute("UPDATE transactions SET cost_cents = 450 WHERE ref = 1")
+        conn.execute("ALTER TABLE sessions ADD COLUMN vat_rate TEXT NULL")
+        conn.execute("UPDATE sessions SET vat_rate = '0.19' WHERE id = 1")
     code, out, _ = run(capsys, "sessions", "--json", "--limit", "3", "--config", str(config))
-    assert code == 0 and json.loads(out)[2]["cost_cents"] == 450
+    assert code == 0 and json.loads(out)[2]["vat_rate"] == "0.19"
     code, out, _ = run(capsys, "sessions", "--config", str(config))
     assert code == 0 and len(out.splitlines()) == 4  # the table keeps its columns
 
@@ -118,9 +141,7 @@ def test_sessions_shows_later_ledger_columns_in_json(
 def test_sessions_while_the_daemon_writes(ledger: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A writer holding the database lock (uncommitted) neither blocks nor shows through."""
     with Store(ledger / "evse.db") as store, store.transaction() as conn:
-        conn.execute(
-            "INSERT INTO transactions(connector_id, id_tag, meter_start_wh, started_at) VALUES(1, 'NOTYET', 0, 'x')"
-        )
+        conn.execute("INSERT INTO sessions(connector_id, id_tag, started_at, updated_at) VALUES(1, 'NOTYET', 'x', 'x')")
         code, out, _ = run(capsys, "sessions", "--config", str(config))
     assert code == 0 and "NOTYET" not in out and len(out.splitlines()) == 4
 

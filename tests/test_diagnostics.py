@@ -28,6 +28,8 @@ from firmware.diagnostics.bundle import (
     select_records,
     write_bundle,
 )
+from ledger_support import record_session
+
 from firmware.ocpp.outbox import Outbox
 from firmware.store import Store
 
@@ -75,9 +77,18 @@ def store_dir(tmp_path: Path) -> Path:
         outbox = Outbox(store, wall=lambda: 0.0, attempts=lambda: 3, retry_interval=lambda: 60.0)
         ref = outbox.begin_transaction(1, "04A1B2C3", 1000.0, NOW - timedelta(hours=5))
         outbox.end_transaction(ref, 12500.5, NOW - timedelta(hours=3), "EVDisconnected")
+        record_session(
+            store, "04A1B2C3", NOW - timedelta(hours=5), 1000.0, stopped_at=NOW - timedelta(hours=3),
+            meter_stop_wh=12500.5, reason="EVDisconnected", transaction_ref=ref,
+        )  # fmt: skip
         ref = outbox.begin_transaction(1, "APPUSER1", 12500.5, NOW - timedelta(hours=2))
         outbox.end_transaction(ref, 20000.0, NOW - timedelta(hours=1), "Remote")
-        outbox.begin_transaction(1, "04A1B2C3", 20000.0, NOW - timedelta(minutes=10))
+        record_session(
+            store, "APPUSER1", NOW - timedelta(hours=2), 12500.5, stopped_at=NOW - timedelta(hours=1),
+            meter_stop_wh=20000.0, reason="Remote", transaction_ref=ref,
+        )  # fmt: skip
+        ref = outbox.begin_transaction(1, "04A1B2C3", 20000.0, NOW - timedelta(minutes=10))
+        record_session(store, "04A1B2C3", NOW - timedelta(minutes=10), 20000.0, transaction_ref=ref)
         with store.transaction() as conn:
             conn.execute("INSERT INTO kv(key, value) VALUES('ocpp.key.AuthorizationKey', ?)", (CSMS_KEY,))
             conn.execute(
@@ -140,11 +151,11 @@ def test_no_secret_leaves_in_any_member(store_dir: Path, tmp_path: Path) -> None
 
 def test_session_ledger_csv_has_every_row_and_column(store_dir: Path, tmp_path: Path) -> None:
     with Store(store_dir / "evse.db") as store, store.transaction() as conn:
-        conn.execute("ALTER TABLE transactions ADD COLUMN price_cents INTEGER NULL")  # a later ledger column
-        conn.execute("UPDATE transactions SET price_cents = 321 WHERE ref = 1")
+        conn.execute("ALTER TABLE sessions ADD COLUMN price_cents INTEGER NULL")  # a later ledger column
+        conn.execute("UPDATE sessions SET price_cents = 321 WHERE id = 1")
     _, members = open_bundle(write_bundle(settings_for(store_dir), tmp_path, now=NOW).path)
     rows = list(csv.DictReader(io.StringIO(members["sessions.csv"].decode())))
-    assert [r["ref"] for r in rows] == ["1", "2", "3"]
+    assert [r["id"] for r in rows] == ["1", "2", "3"]
     assert rows[0]["id_tag"] == "04A1B2C3" and rows[0]["meter_stop_wh"] == "12500.5"
     assert rows[0]["stop_reason"] == "EVDisconnected" and rows[0]["price_cents"] == "321"
     assert rows[2]["stopped_at"] == "" and rows[2]["started_at"] == (NOW - timedelta(minutes=10)).isoformat()
@@ -154,7 +165,7 @@ def test_a_busy_daemon_does_not_block_the_bundle(store_dir: Path, tmp_path: Path
     """The daemon holds the write lock (BEGIN IMMEDIATE, uncommitted row): the bundle reads the last commit."""
     with Store(store_dir / "evse.db") as store, store.transaction() as conn:
         conn.execute(
-            "INSERT INTO transactions(connector_id, id_tag, meter_start_wh, started_at) VALUES(1, 'PENDING', 0, 'x')"
+            "INSERT INTO sessions(connector_id, id_tag, started_at, updated_at) VALUES(1, 'PENDING', 'x', 'x')"
         )
         started = time.monotonic()
         _, members = open_bundle(write_bundle(settings_for(store_dir), tmp_path, now=NOW, journal=False).path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import shutil
 import signal
 import sys
@@ -57,7 +56,7 @@ def _base_settings(explicit: str | None) -> Settings:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from firmware.fleet.runner import ChargerIdFilter, FleetOptions, default_work_dir, format_report
+    from firmware.fleet.runner import FleetOptions, default_work_dir, format_report, setup_fleet_logging
     from firmware.fleet.scenario import ScenarioError, load_scenario
 
     if args.count < 1:
@@ -80,10 +79,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         print(f"evse fleet: config: {exc}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ChargerIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(charger_id)s] %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    setup_fleet_logging()
     work = Path(args.work_dir) if args.work_dir else default_work_dir()
     options = FleetOptions(
         count=args.count, url=args.url, id_prefix=args.id_prefix, duration_s=args.duration, work_dir=work

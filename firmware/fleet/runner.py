@@ -37,6 +37,14 @@ class ChargerIdFilter(logging.Filter):
         return True
 
 
+def setup_fleet_logging(level: int = logging.WARNING) -> None:
+    """Warnings and worse to stderr, each line with the id of the charger it came from."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ChargerIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(charger_id)s] %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def rss_mb() -> float:
     """Resident set size now (Linux /proc; 0 elsewhere)."""
     try:

@@ -409,6 +409,7 @@ class OcppService:
         if self.configuration.get_bool("AuthorizeRemoteTxRequests"):
             await self.sessions.present_id_tag(id_tag, "remote start")
         elif self.controller.connector.authorize(id_tag):
+            self.sessions.note_authorization("remote start", "csms")
             log.info("remote start for %s", id_tag)
             self.controller.wake()
 
