@@ -34,10 +34,17 @@ def resolve_backend(settings: Settings) -> str:
 def unsupported(settings: Settings) -> list[str]:
     """Valid settings that cannot work together, one line per key (so nothing starts half-configured)."""
     errors: list[str] = []
+    grid_signing = settings.grid_meter is not None and settings.grid_meter.model == "sim-signing"
+    if grid_signing:
+        errors.append('grid_meter.model: "sim-signing" is for the charger\'s own [meter]')
     if resolve_backend(settings) == "rpi":
         for name, meter in (("meter", settings.meter), ("grid_meter", settings.grid_meter)):
-            if meter is not None and meter.model == "sim":
-                errors.append(f'{name}.model: "sim" needs simulated hardware; name the meter (e.g. "sdm630")')
+            if (
+                meter is not None
+                and meter.model in ("sim", "sim-signing")
+                and not (name == "grid_meter" and grid_signing)
+            ):
+                errors.append(f'{name}.model: "{meter.model}" needs simulated hardware; name the meter (e.g. "sdm630")')
         if settings.rfid.reader == "sim":
             errors.append('rfid.reader: "sim" needs simulated hardware; use "pcsc", "pn532" or "none"')
     return errors
@@ -69,9 +76,17 @@ def build_sim_hardware(settings: Settings, clock: Clock) -> Hardware:
         ),
     )
     hardware = bench.hardware()
-    if settings.meter.model not in ("auto", "sim"):
+    if settings.meter.model == "sim-signing":
+        from firmware import version
+        from firmware.payment.ocmf import MeterIdentity, OcmfSigner
+        from hal.sim.signing_meter import SimSigningMeter
+
+        identity = MeterIdentity("pievse", "sim-signing", f"SIM-{settings.charger.id}", version())
+        signer = OcmfSigner.generate(identity)
+        hardware = replace(hardware, meter=SimSigningMeter(bench, signer, charge_point_id=settings.charger.id))
+    elif settings.meter.model not in ("auto", "sim"):
         hardware = replace(hardware, meter=open_modbus_meter(settings.meter, "meter", clock))
-    if settings.grid_meter is not None and settings.grid_meter.model not in ("auto", "sim"):
+    if settings.grid_meter is not None and settings.grid_meter.model not in ("auto", "sim", "sim-signing"):
         hardware = replace(hardware, grid_meter=open_modbus_meter(settings.grid_meter, "grid-meter", clock))
     if settings.rfid.reader in ("pcsc", "pn532", "none"):
         hardware = replace(hardware, reader=open_card_reader(settings))

@@ -260,8 +260,9 @@ class MeterSettings:
 
     model: str = setting(
         "auto",
-        "meter driver; auto = sim on simulated hardware, sdm630 on a Pi",
-        choices=("auto", "sim", "sdm630", "sdm120", "sdm72", "abb-b23", "em340", "custom"),
+        "meter driver; auto = sim on simulated hardware, sdm630 on a Pi; sim-signing = the simulated meter signing "
+        "its register as OCMF (a test key made at start)",
+        choices=("auto", "sim", "sim-signing", "sdm630", "sdm120", "sdm72", "abb-b23", "em340", "custom"),
     )
     port: str = setting("/dev/ttyUSB0", "RS-485 serial port")
     baudrate: int = setting(9600, "Modbus RTU speed", unit="baud", choices=_BAUDRATES)

@@ -96,8 +96,8 @@ class SessionLedger:
         with self.store.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO sessions(connector_id, id_tag, auth, transaction_ref, started_at, updated_at,"
-                " meter_start_wh, meter_last_wh, energy_wh, duration_s, currency, tariff)"
-                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+                " meter_start_wh, meter_last_wh, energy_wh, duration_s, currency, tariff, signed_start)"
+                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)",
                 (
                     self.connector_id,
                     record.id_tag,
@@ -109,6 +109,7 @@ class SessionLedger:
                     start_wh,
                     None if self.tariff is None else self.tariff.currency,
                     None if self.tariff is None else self.tariff.describe(),
+                    record.signed_start,
                 ),
             )
         self._row, self._record = cursor.lastrowid, record
@@ -176,6 +177,7 @@ class SessionLedger:
             duration_s=record.duration_s(stopped),
             stop_reason=record.stop_reason,
             transaction_ref=record.transaction_ref,
+            signed_stop=record.signed_stop,
             **self._cost_columns(cost),
         )
         self._row = self._record = self._meter = None
@@ -203,14 +205,6 @@ class SessionLedger:
             cost_detail=None if detail is None else json.dumps(detail, sort_keys=True),
         )
         return True
-
-    def set_signed(self, *, start: str | None = None, stop: str | None = None) -> None:
-        """Signed meter records (OCMF) of the running session, kept as the meter produced them."""
-        if self._row is None:
-            return
-        columns = {k: v for k, v in (("signed_start", start), ("signed_stop", stop)) if v is not None}
-        if columns:
-            self._write(self._row, **columns)
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     def _cost_columns(self, cost: Cost | None) -> dict[str, Any]:

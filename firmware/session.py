@@ -26,7 +26,7 @@ from firmware.charging.connector import (
 from firmware.charging.controller import ChargingController, ControllerEvent
 from firmware.metering import MeterSampler
 from hal.clock import Clock
-from hal.interfaces import CardReader, CardTap, DeviceError, IndicatorPattern, MeterReading
+from hal.interfaces import CardReader, CardTap, DeviceError, IndicatorPattern, MeterReading, SigningMeter
 
 log = logging.getLogger("firmware.session")
 
@@ -46,6 +46,9 @@ class SessionRecord:
     reservation_id: int | None = None
     #: How the driver was authorized: "card (csms)", "remote start (local-list)", "free vend (free)", ...
     auth: str | None = None
+    #: The meter's own signed begin/end records (OCMF) when it signs; forwarded untouched.
+    signed_start: str | None = None
+    signed_stop: str | None = None
 
     def energy_wh(self, register_wh: float | None = None) -> float | None:
         end = self.meter_stop_wh if self.meter_stop_wh is not None else register_wh
@@ -208,6 +211,7 @@ class SessionManager:
                 auth=self._authorized_by,
             )
             self._authorized_by = None
+            self.current.signed_start = self._sign(lambda m: m.sign_begin(event.id_tag), "begin")
             log.info("session %d started for %s, meter %s Wh", event.session, event.id_tag, _wh(register))
             for listener in self._started_listeners:
                 listener(self.current)
@@ -221,6 +225,9 @@ class SessionManager:
                 register,
                 event.reason.value,
             )
+            if record.signed_start is not None:
+                end = "P" if event.reason is StopReason.POWER_LOSS else "E"
+                record.signed_stop = self._sign(lambda m: m.sign_end(reason=end), "end")
             self.current = None
             self.history.append(record)
             energy = record.energy_wh()
@@ -242,6 +249,17 @@ class SessionManager:
             and self.controller.connector.ev_present()
         ):
             await self.present_id_tag(self.free_vend_id_tag, "free vend")
+
+    def _sign(self, ask: Callable[[SigningMeter], str], which: str) -> str | None:
+        """The meter's signed record, when it signs; a failure is logged and the session goes on unsigned."""
+        meter = self.sampler.meter
+        if not isinstance(meter, SigningMeter):
+            return None
+        try:
+            return ask(meter)
+        except (DeviceError, ValueError) as exc:
+            log.warning("the meter did not sign the transaction %s: %s", which, exc)
+            return None
 
     def note_reading(self, reading: MeterReading) -> None:
         if self.current is not None:

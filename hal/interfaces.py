@@ -110,6 +110,19 @@ class EnergyMeter(Protocol):
         """One reading; raises :class:`DeviceError` ("meter") on failure."""
 
 
+@runtime_checkable
+class SigningMeter(Protocol):
+    """A meter that signs its own register (OCMF, German calibration law): a record at a transaction's begin and
+    end. The charger asks for them and forwards them untouched; it never builds or alters one."""
+
+    @property
+    def public_key_hex(self) -> str: ...
+
+    def sign_begin(self, id_tag: str | None) -> str: ...
+
+    def sign_end(self, *, reason: str = "E") -> str: ...
+
+
 class Thermometer(Protocol):
     """The charger's own temperature sensor (terminals / enclosure), used to derate the current."""
 

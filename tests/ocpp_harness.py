@@ -57,13 +57,15 @@ class OcppHarness(Generic[CsmsT]):
         serve_api: bool = True,
         ready: Callable[[], object] | None = None,
         close_timeout_s: float | None = None,
+        adjust: Callable[[Settings], Settings] | None = None,
     ) -> None:
         self.csms = csms
         self.charger_id = charger_id
         self.work = work or Path(tempfile.mkdtemp(prefix=work_prefix, dir="/tmp"))
         self.clock = FakeClock()
+        settings = settings_for(csms.url, self.work, charger_id, auth_mode)
         self.app = ChargePointApp(
-            settings_for(csms.url, self.work, charger_id, auth_mode),
+            adjust(settings) if adjust is not None else settings,
             clock=self.clock,
             sim_tick_s=0.005,
             meter_interval_s=0.01,

@@ -83,6 +83,10 @@ async def test_card_started_session_on_the_wire(harness: Harness) -> None:
     charging = [p for p in csms.payloads("StatusNotification") if p["connectorId"] == 1 and p["status"] == "Charging"]
     assert charging
     await csms.wait_for(lambda: len(app.ocpp.outbox) == 0)
+    # The ledger row: the card and how it was authorized; energy = the register difference the CSMS was told.
+    (row,) = app.store.conn.execute("SELECT id_tag, auth, meter_start_wh, meter_stop_wh, stop_reason FROM sessions")
+    assert row[:2] == ("04A1B2C3", "card (csms)") and row[4] == "Local"
+    assert (round(row[2]), round(row[3])) == (start["meterStart"], stop["meterStop"])
 
 
 async def test_unknown_card_is_refused_by_the_csms(harness: Harness) -> None:
@@ -119,6 +123,8 @@ async def test_remote_start_and_stop(harness: Harness) -> None:
     assert csms.payloads("StopTransaction")[0]["reason"] == "Remote"
     assert app.controller.connector.status is Status.FINISHING
     assert not harness.sim.contactor.commanded
+    (row,) = app.store.conn.execute("SELECT id_tag, auth, stop_reason FROM sessions")
+    assert row == ("APPUSER1", "remote start (csms)", "Remote")
 
 
 async def test_configuration_get_and_change(harness: Harness) -> None:

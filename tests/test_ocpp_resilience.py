@@ -471,6 +471,9 @@ async def test_local_list_and_cache_authorize_offline(harness: Harness) -> None:
     assert await _try_session(harness, unknown)
     assert csms.count("Authorize") == authorizes
     assert len(app.ocpp.outbox) == 6  # three offline transactions, Start + Stop each, on disk
+    # The ledger says how each offline session was authorized.
+    auths = [row[0] for row in app.store.conn.execute("SELECT auth FROM sessions ORDER BY id")]
+    assert auths == ["card (local-list)", "card (cache)", "card (offline-unknown)"]
 
 
 async def test_daemon_reset_reexecutes_and_boots_again(central_system: TestCentralSystem) -> None:  # noqa: F811

@@ -25,3 +25,25 @@ def test_ocpp_configuration_key_table_matches_the_keys() -> None:
             break
         table.append(line)
     assert table == [row(k) for k in KEYS]
+
+
+def test_configuration_section_table_lists_every_section_and_key() -> None:
+    """Each config.toml section has a row in the README's section table naming every one of its keys."""
+    import dataclasses
+    import re
+    import typing
+
+    from firmware.config import Settings
+
+    rows: dict[str, str] = {}
+    for line in README.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\| ((?:`\[\w+\]`(?:, )?)+) \| (.*) \|$", line)
+        if match:
+            for name in re.findall(r"`\[(\w+)\]`", match.group(1)):
+                rows[name] = match.group(2)
+    hints = typing.get_type_hints(Settings)
+    for section in dataclasses.fields(Settings):
+        assert section.name in rows, f"[{section.name}] has no row in the README's configuration table"
+        cls = next(t for t in (*typing.get_args(hints[section.name]), hints[section.name]) if t is not type(None))
+        for key in dataclasses.fields(cls):
+            assert f"`{key.name}`" in rows[section.name], f"{section.name}.{key.name} missing from its README row"

@@ -103,6 +103,7 @@ async def test_free_vend_starts_on_plug_in() -> None:
     await settle(rig, sessions, 5.0)
     assert rig.status is Status.CHARGING and rig.contactor_closed
     assert sessions.current is not None and sessions.current.id_tag == "FREEVEND"
+    assert sessions.current.auth == "free vend (free)"
     rig.bench.unplug()
     await settle(rig, sessions, 0.5)
     assert sessions.history[-1].stop_reason == "EVDisconnected"

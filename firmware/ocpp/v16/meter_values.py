@@ -94,3 +94,19 @@ def meter_value(
     if not sampled:
         return None
     return {"timestamp": iso(timestamp), "sampledValue": sampled}
+
+
+def signed_meter_value(register_wh: float, signed: str, at: datetime, context: str) -> dict[str, Any]:
+    """A MeterValue with the import register and the meter's own signed record of it (OCPP 1.6 ``SignedData``).
+
+    The signed record travels as the meter produced it (OCMF text); the CSMS and the driver's transparency
+    software verify it with the meter's public key, which travels apart from it.
+    """
+    common = {"context": context, "measurand": "Energy.Active.Import.Register", "location": "Outlet"}
+    return {
+        "timestamp": iso(at),
+        "sampledValue": [
+            {"value": str(round(register_wh)), **common, "unit": "Wh"},
+            {"value": signed, **common, "format": "SignedData"},
+        ],
+    }

@@ -21,7 +21,7 @@ from firmware.charging.controller import ChargingController
 from firmware.metering import MeterSampler
 from firmware.ocpp.outbox import Outbox
 from firmware.ocpp.v16.configuration import Configuration
-from firmware.ocpp.v16.meter_values import iso, meter_value
+from firmware.ocpp.v16.meter_values import iso, meter_value, signed_meter_value
 from firmware.session import SessionManager, SessionRecord
 from hal.clock import Clock
 from hal.interfaces import MeterReading
@@ -96,6 +96,14 @@ class TransactionReporter:
         if record.reservation_id is not None:
             payload["reservationId"] = record.reservation_id
         self.outbox.enqueue("StartTransaction", payload, transaction_ref=ref)
+        if record.signed_start is not None:
+            # The meter's signed begin record (and the register it signs) right after StartTransaction.
+            begin = signed_meter_value(meter_start, record.signed_start, record.started_at, "Transaction.Begin")
+            self.outbox.enqueue(
+                "MeterValues",
+                {"connectorId": CONNECTOR, "transactionId": 0, "meterValue": [begin]},
+                transaction_ref=ref,
+            )
         self.kick()
 
     def on_session_finished(self, record: SessionRecord) -> None:
@@ -105,10 +113,21 @@ class TransactionReporter:
         stopped = record.stopped_at or self.clock.now()
         meter_stop = record.meter_stop_wh if record.meter_stop_wh is not None else (record.meter_start_wh or 0.0)
         self.outbox.end_transaction(ref, meter_stop, stopped, record.stop_reason or "Other")
-        self._enqueue_stop(ref, meter_stop, stopped, record.stop_reason or "Other", record.id_tag)
+        self._enqueue_stop(
+            ref, meter_stop, stopped, record.stop_reason or "Other", record.id_tag, signed_stop=record.signed_stop
+        )
         self._ended(ref)
 
-    def _enqueue_stop(self, ref: int, meter_stop: float, stopped: datetime, reason: str, id_tag: str | None) -> None:
+    def _enqueue_stop(
+        self,
+        ref: int,
+        meter_stop: float,
+        stopped: datetime,
+        reason: str,
+        id_tag: str | None,
+        *,
+        signed_stop: str | None = None,
+    ) -> None:
         payload: dict[str, Any] = {
             "transactionId": 0,
             "meterStop": round(meter_stop),
@@ -125,6 +144,8 @@ class TransactionReporter:
             value = meter_value(latest, measurands, stopped, context="Transaction.End")
             if value is not None:
                 data.append(value)
+        if signed_stop is not None:
+            data.append(signed_meter_value(meter_stop, signed_stop, stopped, "Transaction.End"))
         if data:
             payload["transactionData"] = data
         self.outbox.enqueue("StopTransaction", payload, transaction_ref=ref)
