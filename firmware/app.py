@@ -155,6 +155,12 @@ class ChargePointApp:
             update_every_s=settings.store.ledger_interval_s,
             evse_suspended=lambda: self.controller.connector.status is Status.SUSPENDED_EVSE,
         )
+        if self.ocpp is not None:
+            self.ocpp.pricing.on_final_cost(
+                lambda final, ref: self.ledger.set_backend_cost(
+                    ref, final.cost, {"priceText": final.price_text, "transactionId": final.transaction_id}
+                )
+            )
         self.sessions.on_session_started(self.ledger.on_session_started)
         self.sessions.on_session_finished(self.ledger.on_session_finished)
         self.sampler.add_reading_listener(self.ledger.on_reading)
@@ -313,8 +319,8 @@ class ChargePointApp:
         record = self.sessions.current
         if pricing is not None and record is not None and record.transaction_ref is not None:
             backend = pricing.display(self.ocpp.outbox.transaction_id(record.transaction_ref))
-            if backend is not None:
-                return dict(backend)
+            if backend is not None:  # the CSMS's figure, rounded as NumberOfDecimalsForCostValues says
+                return {**backend, "total": backend.get("cost_rounded", backend.get("cost")), "currency": None}
         cost = self.ledger.running_cost()
         if cost is None:
             return None

@@ -189,14 +189,13 @@ class SessionLedger:
             return None
         return self._meter.running(max(self.clock.now(), self._meter.last.at))
 
-    def set_backend_cost(self, transaction_id: int, cost: Decimal, detail: dict[str, Any] | None = None) -> bool:
-        """The CSMS's final cost for a transaction (California Pricing FinalCost) replaces the local estimate."""
+    def set_backend_cost(self, transaction_ref: int, cost: Decimal, detail: dict[str, Any] | None = None) -> bool:
+        """The CSMS's final cost of a transaction (California Pricing FinalCost) replaces the local estimate."""
         row = self.store.conn.execute(
-            "SELECT s.id FROM sessions s JOIN transactions t ON t.ref = s.transaction_ref WHERE t.transaction_id = ?"
-            " ORDER BY s.id DESC LIMIT 1",
-            (transaction_id,),
+            "SELECT id FROM sessions WHERE transaction_ref = ? ORDER BY id DESC LIMIT 1", (transaction_ref,)
         ).fetchone()
         if row is None:
+            log.warning("ledger: a final cost for transaction ref %d, which has no ledger row", transaction_ref)
             return False
         self._write(
             int(row[0]),

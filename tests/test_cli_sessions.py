@@ -10,12 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from ledger_support import record_session
 
 from firmware import cli
-from firmware.payment.tariff import Tariff
 from firmware.ocpp.outbox import Outbox
+from firmware.payment.tariff import Tariff
 from firmware.store import Store
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ledger_support import record_session
 
 from firmware.config import MASK, Settings, default_settings
 from firmware.diagnostics.bundle import (
@@ -28,8 +29,6 @@ from firmware.diagnostics.bundle import (
     select_records,
     write_bundle,
 )
-from ledger_support import record_session
-
 from firmware.ocpp.outbox import Outbox
 from firmware.store import Store
 

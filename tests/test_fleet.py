@@ -74,8 +74,10 @@ async def test_fifty_chargers_against_the_strict_csms(strict_csms: StrictCentral
     assert fleet_counts["MeterValues"] > 0 and fleet_counts["StartTransaction"] > 0
     sessions = report["sessions"]
     assert sessions["completed"] > 0 and sessions["energy_kwh"] > 0
-    assert sessions["started"] == fleet_counts["StartTransaction"]
-    assert sessions["completed"] == fleet_counts["StopTransaction"]
+    # A session that began (or ended) in the last instants may still have its message in the queue at the end.
+    queued = report["end"]["queued"]
+    assert 0 <= sessions["started"] - fleet_counts["StartTransaction"] <= queued
+    assert 0 <= sessions["completed"] - fleet_counts["StopTransaction"] <= queued
     # The strict peer accepts every card, so the unknown ones charge too; still, each was presented.
     assert sessions["rejected"] == 0
     table = format_report(report)

@@ -113,8 +113,8 @@ def test_the_backend_final_cost_replaces_the_local_estimate(tmp_path: Path) -> N
             transaction_ref=ref, tariff=TARIFF,
         )  # fmt: skip
         ledger = SessionLedger(store, FakeClock(T0), TARIFF)
-        assert not ledger.set_backend_cost(78, Decimal("9.99"))
-        assert ledger.set_backend_cost(77, Decimal("2.4150"), {"priceText": "0.45/kWh"})
+        assert not ledger.set_backend_cost(ref + 1, Decimal("9.99"))
+        assert ledger.set_backend_cost(ref, Decimal("2.4150"), {"priceText": "0.45/kWh"})
     row = rows(tmp_path / "evse.db")[0]
     assert (row["cost"], row["cost_source"]) == ("2.4150", "backend")
 

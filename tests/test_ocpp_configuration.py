@@ -46,7 +46,12 @@ EXPECTED: list[tuple[str, str, bool, str]] = [
     ("TransactionMessageRetryInterval", "int", False, "60"),
     ("GetConfigurationMaxKeys", "int", True, "50"),
     ("NumberOfConnectors", "int", True, "1"),
-    ("SupportedFeatureProfiles", "csl", True, "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"),
+    (
+        "SupportedFeatureProfiles",
+        "csl",
+        True,
+        "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger",
+    ),
     ("SupportedFeatureProfilesMaxLength", "int", True, "6"),
     ("ConnectorPhaseRotation", "csl", False, "0.RST,1.RST"),
     ("ConnectorPhaseRotationMaxLength", "int", True, "10"),
@@ -64,6 +69,13 @@ EXPECTED: list[tuple[str, str, bool, str]] = [
     ("SecurityProfile", "int", True, "0"),
     ("AuthorizationKey", "str", False, ""),
     ("CpoName", "str", False, ""),
+    # California Pricing (OCA whitepaper, libocpp CostAndPrice): tests/test_ocpp_pricing.py covers their values.
+    ("CustomDisplayCostAndPrice", "bool", True, "true"),
+    ("DefaultPrice", "str", False, ""),
+    ("DefaultPriceText", "str", False, ""),
+    ("NumberOfDecimalsForCostValues", "int", False, "3"),
+    ("CustomIdleFeeAfterStop", "bool", True, "false"),
+    ("CustomMultiLanguageMessages", "bool", True, "false"),
 ]
 REQUIRED_CORE = [
     "HeartbeatInterval", "ConnectionTimeOut", "MeterValueSampleInterval", "MeterValuesSampledData",
@@ -140,6 +152,7 @@ def test_typed_getters() -> None:
     assert config.get_list("StopTxnSampledData") == []
     assert config.get_list("SupportedFeatureProfiles") == [
         "Core",
+        "FirmwareManagement",
         "LocalAuthListManagement",
         "Reservation",
         "SmartCharging",
@@ -170,8 +183,8 @@ def test_key_table_markdown() -> None:
     assert "| StopTransactionOnEVSideDisconnect | bool | R | `true` | Core |" in lines
     assert "| UnlockConnectorOnEVSideDisconnect | bool | R | `true` | Core |" in lines
     assert (
-        "| SupportedFeatureProfiles | csl | R | `Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger`"
-        " | Core |" in lines
+        "| SupportedFeatureProfiles | csl | R | "
+        "`Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger` | Core |" in lines
     )
     assert "| ChargeProfileMaxStackLevel | int | R | `8` | SmartCharging |" in lines
     assert "| ChargingScheduleAllowedChargingRateUnit | csl | R | `Current,Power` | SmartCharging |" in lines
@@ -185,9 +198,15 @@ def test_key_table_markdown() -> None:
 def test_supported_feature_profiles_lists_only_implemented_profiles() -> None:
     config, _ = make()
     profiles = config.get_list("SupportedFeatureProfiles")
-    assert profiles == ["Core", "LocalAuthListManagement", "Reservation", "SmartCharging", "RemoteTrigger"]
-    assert "FirmwareManagement" not in profiles
-    assert config.change("SupportedFeatureProfiles", "Core,FirmwareManagement") == "Rejected"
+    assert profiles == [
+        "Core",
+        "FirmwareManagement",
+        "LocalAuthListManagement",
+        "Reservation",
+        "SmartCharging",
+        "RemoteTrigger",
+    ]
+    assert config.change("SupportedFeatureProfiles", "Core") == "Rejected"
     assert config.get_list("SupportedFeatureProfiles") == profiles
 
 
@@ -538,7 +557,7 @@ def test_get_configuration_max_keys_truncation() -> None:
     assert unknown == ["Nope"]
     default, _ = make()
     known, _ = default.get_configuration([*names, *names])
-    assert len(known) == len(KEYS)  # 43 keys <= 50
+    assert len(known) == len(KEYS)  # 49 keys <= 50
     assert len(KEYS) <= default.get_int("GetConfigurationMaxKeys")
 
 

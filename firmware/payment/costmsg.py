@@ -399,7 +399,7 @@ class TriggerWatch:
     """Decides when a RunningCost's ``triggerMeterValue`` asks for an extra MeterValues.req.
 
     * ``atTime``: once, at the first check at or after that time (also if it had passed when the message came).
-    * ``atEnergykWh``: once, when the transaction's energy (since meterStart, kWh) first reaches it.
+    * ``atEnergykWh``: once, when the meter's import register (kWh) first reaches it (as libocpp compares it).
     * ``atPowerkW``: at every crossing of the threshold, up or down, with a hysteresis band of
       ``±hysteresis_kw`` (at most half the threshold) so a power hovering at the level does not chatter. The first
       check only notes which side the power is on.

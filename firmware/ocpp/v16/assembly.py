@@ -16,6 +16,7 @@ from firmware.ocpp.v16.configuration import Configuration
 from firmware.ocpp.v16.diagnostics import build_diagnostics
 from firmware.ocpp.v16.firmware import build_firmware
 from firmware.ocpp.v16.meter_values import SUPPORTED_MEASURANDS
+from firmware.ocpp.v16.pricing import PricingService
 from firmware.ocpp.v16.profiles import ProfileStore
 from firmware.ocpp.v16.service import OcppService
 from firmware.ocpp.v16.smart_charging import SmartCharging
@@ -68,6 +69,8 @@ class OcppParts:
     cache: IdTagTable
     service: OcppService
     authorizer: OcppAuthorizer
+    #: California Pricing: the backend's prices and costs (display, FinalCost for the ledger).
+    pricing: PricingService
 
 
 def build(
@@ -163,7 +166,18 @@ def build(
         firmware_version=firmware_version,
         restart=restart,
     )
+    pricing = PricingService(
+        configuration=configuration,
+        transactions=service.transactions,
+        sessions=sessions,
+        outbox=outbox,
+        store=store,
+        sampler=sampler,
+        controller=controller,
+        clock=clock,
+    )
+    service.pricing = pricing  # the link's DataTransfer handler answers through it
     authorizer = OcppAuthorizer(
         service.authorize_with_csms, lambda: service.online, configuration, local_list, cache, clock.now
     )
-    return OcppParts(store, outbox, configuration, local_list, cache, service, authorizer)
+    return OcppParts(store, outbox, configuration, local_list, cache, service, authorizer, pricing)

@@ -13,17 +13,26 @@ Key names are CiString50 in OCPP 1.6, so look-ups are case-insensitive; answers 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from decimal import Decimal
+from typing import Any, Final, Literal, Protocol
 
 log = logging.getLogger("firmware.ocpp.configuration")
 
 Kind = Literal["int", "bool", "str", "csl"]
 Profile = Literal[
-    "Core", "LocalAuthListManagement", "Reservation", "SmartCharging", "RemoteTrigger", "FirmwareManagement", "Security"
+    "Core",
+    "LocalAuthListManagement",
+    "Reservation",
+    "SmartCharging",
+    "RemoteTrigger",
+    "FirmwareManagement",
+    "Security",
+    "CostAndPrice",
 ]
 ChangeStatus = Literal["Accepted", "Rejected", "RebootRequired", "NotSupported"]
 #: A typed value: int for "int", bool for "bool", str for "str", list[str] for "csl".
@@ -206,6 +215,84 @@ class AuthorizationKeyFormat:
         return value
 
 
+#: Highest cost or price a DefaultPrice may state (the bound California Pricing messages have, see costmsg).
+PRICE_MAX: Final = Decimal(1_000_000_000)
+#: NumberOfDecimalsForCostValues range (libocpp's default is 3).
+COST_DECIMALS_MAX: Final = 6
+
+
+def _no_constant(name: str) -> object:
+    raise InvalidValue(f"{name} is not a JSON number")
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    """A JSON text holding one object; numbers are read as exact Decimals."""
+    try:
+        value = json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidValue(f"not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(value, dict):
+        raise InvalidValue("must be a JSON object")
+    return value
+
+
+def _text_field(obj: dict[str, Any], key: str, *, required: bool = False) -> None:
+    if key not in obj:
+        if required:
+            raise InvalidValue(f"{key} is missing")
+        return
+    value = obj[key]
+    if not isinstance(value, str):
+        raise InvalidValue(f"{key} must be a string")
+    if not value.isprintable():
+        raise InvalidValue(f"{key} contains non-printable characters")
+
+
+@dataclass(frozen=True)
+class DefaultPriceFormat:
+    """California Pricing DefaultPrice: ``{"priceText", "priceTextOffline", "chargingPrice": {"kWhPrice",
+    "hourPrice", "flatFee"}}``, each optional but at least one present; amounts 0..10^9. Empty = no default
+    price. Keys we do not know are ignored (later whitepaper additions); null is not a value."""
+
+    def __call__(self, value: Value, ctx: ValidationContext) -> Value:
+        assert isinstance(value, str)
+        if not value:
+            return value
+        obj = _json_object(value)
+        if not {"priceText", "priceTextOffline", "chargingPrice"} & obj.keys():
+            raise InvalidValue("needs priceText, priceTextOffline or chargingPrice")
+        _text_field(obj, "priceText")
+        _text_field(obj, "priceTextOffline")
+        if "chargingPrice" in obj:
+            prices = obj["chargingPrice"]
+            if not isinstance(prices, dict):
+                raise InvalidValue("chargingPrice must be a JSON object")
+            for key in ("kWhPrice", "hourPrice", "flatFee"):
+                if key not in prices:
+                    continue
+                amount = prices[key]
+                if isinstance(amount, bool) or not isinstance(amount, int | Decimal):
+                    raise InvalidValue(f"chargingPrice.{key} must be a number")
+                if not 0 <= amount <= PRICE_MAX:
+                    raise InvalidValue(f"chargingPrice.{key} must be between 0 and {PRICE_MAX}")
+        return value
+
+
+@dataclass(frozen=True)
+class DefaultPriceTextFormat:
+    """California Pricing DefaultPriceText in the charger's one language: ``{"priceText", "priceTextOffline"?}``
+    (libocpp's per-language value). Empty = none."""
+
+    def __call__(self, value: Value, ctx: ValidationContext) -> Value:
+        assert isinstance(value, str)
+        if not value:
+            return value
+        obj = _json_object(value)
+        _text_field(obj, "priceText", required=True)
+        _text_field(obj, "priceTextOffline")
+        return value
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """One configuration key. ``default`` is the string OCPP reports; ``max_length`` counts characters for
@@ -312,7 +399,7 @@ KEYS: Final[tuple[KeySpec, ...]] = (
         "SupportedFeatureProfiles",
         "csl",
         True,
-        "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger",
+        "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger",
         doc="feature profiles this charge point supports",
         validator=Members(FEATURE_PROFILES),
         max_length=len(FEATURE_PROFILES),
@@ -395,6 +482,56 @@ KEYS: Final[tuple[KeySpec, ...]] = (
         doc="CPO name as in the charge point certificate (O=)",
         validator=Printable(),
         max_length=VALUE_MAX_LENGTH,
+    ),
+    # ── California Pricing (OCA whitepaper, 1.6 via DataTransfer org.openchargealliance.costmsg) ─────────
+    _bool(
+        "CustomDisplayCostAndPrice",
+        True,
+        readonly=True,
+        doc="the backend's SetUserPrice / RunningCost / FinalCost are accepted and shown",
+        profile="CostAndPrice",
+    ),
+    KeySpec(
+        "DefaultPrice",
+        "str",
+        False,
+        "",
+        "CostAndPrice",
+        doc='JSON {"priceText", "priceTextOffline", "chargingPrice": {"kWhPrice", "hourPrice", "flatFee"}}',
+        validator=DefaultPriceFormat(),
+        max_length=VALUE_MAX_LENGTH,
+    ),
+    KeySpec(
+        "DefaultPriceText",
+        "str",
+        False,
+        "",
+        "CostAndPrice",
+        doc='JSON {"priceText", "priceTextOffline"} in the charger\'s language',
+        validator=DefaultPriceTextFormat(),
+        max_length=VALUE_MAX_LENGTH,
+    ),
+    _int(
+        "NumberOfDecimalsForCostValues",
+        3,
+        0,
+        COST_DECIMALS_MAX,
+        doc="decimals the backend's costs are shown with",
+        profile="CostAndPrice",
+    ),
+    _bool(
+        "CustomIdleFeeAfterStop",
+        False,
+        readonly=True,
+        doc="the transaction ends at the stop; it is not extended for an idle fee",
+        profile="CostAndPrice",
+    ),
+    _bool(
+        "CustomMultiLanguageMessages",
+        False,
+        readonly=True,
+        doc="price texts in one language only",
+        profile="CostAndPrice",
     ),
 )
 

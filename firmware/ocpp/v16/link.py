@@ -131,8 +131,15 @@ class CentralSystemLink(DiagnosticsHandlers, FirmwareHandlers, ChargePoint):  # 
         return call_result.ClearCache(status=self.service.clear_cache())
 
     @on(Action.data_transfer)
-    def on_data_transfer(self, vendor_id: str, **kw: Any) -> Any:
-        return call_result.DataTransfer(status="UnknownVendorId")
+    def on_data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None, **kw: Any
+    ) -> Any:
+        """California Pricing (vendorId org.openchargealliance.costmsg) is answered by the pricing service, at
+        once and without a CALL; any other vendor is unknown."""
+        pricing = self.service.pricing
+        if pricing is None:
+            return call_result.DataTransfer(status="UnknownVendorId")
+        return call_result.DataTransfer(**pricing.data_transfer(vendor_id, message_id, data))
 
     @on(Action.get_local_list_version)
     def on_get_local_list_version(self, **kw: Any) -> Any:

@@ -33,6 +33,7 @@ from firmware.ocpp.v16.diagnostics import OcppDiagnostics
 from firmware.ocpp.v16.firmware import OcppFirmware
 from firmware.ocpp.v16.link import CentralSystemLink
 from firmware.ocpp.v16.meter_values import iso
+from firmware.ocpp.v16.pricing import PricingService
 from firmware.ocpp.v16.smart_charging import SmartCharging
 from firmware.ocpp.v16.transactions import CONNECTOR, TransactionReporter
 from firmware.session import SessionManager
@@ -145,6 +146,7 @@ class OcppService:
         # Set by the assembly once the service exists (both send through it).
         self.diagnostics: OcppDiagnostics | None = None
         self.firmware: OcppFirmware | None = None
+        self.pricing: PricingService | None = None
         self.transactions = TransactionReporter(
             outbox=outbox,
             configuration=configuration,
