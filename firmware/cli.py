@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from firmware import version
 from firmware.apiclient import ApiClient, DaemonUnavailable, ProtocolError, RemoteError
+from firmware.diagnostics.ledger import parse_moment
 from hal.sim.bench import FAULT_KINDS
 
 if TYPE_CHECKING:
@@ -524,19 +525,9 @@ def _format_transaction(tx: Any) -> str:
     return ", ".join(parts)
 
 
-def _moment(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _utc_text(text: Any) -> str:
     """A stored timestamp shown in UTC to the second (``2026-11-27 05:14:26Z``); other text as it is."""
-    moment = _moment(text)
+    moment = parse_moment(text)
     if moment is None:
         return _text(text)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -547,7 +538,7 @@ def session_view(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 
     Columns are read by name and may be missing (older or newer stores); open sessions are ``running``.
     """
-    started, stopped = _moment(row.get("started_at")), _moment(row.get("stopped_at"))
+    started, stopped = parse_moment(row.get("started_at")), parse_moment(row.get("stopped_at"))
     running = row.get("stopped_at") is None
     end = now if running else stopped
     duration = (end - started).total_seconds() if started is not None and end is not None else None

@@ -63,7 +63,8 @@ _LEDGER_SQL = (
 )
 
 
-def _moment(text: Any) -> datetime | None:
+def parse_moment(text: Any) -> datetime | None:
+    """A stored ISO timestamp as an aware datetime (UTC when it has no offset); None for anything else."""
     if not isinstance(text, str):
         return None
     try:
@@ -90,7 +91,7 @@ def _rows(conn: sqlite3.Connection, newest_first: bool) -> list[dict[str, Any]]:
 
 
 def _in_window(row: dict[str, Any], since: datetime | None, until: datetime | None) -> bool:
-    started = _moment(row.get("started_at"))
+    started = parse_moment(row.get("started_at"))
     if started is None:
         return since is None and until is None
     return (since is None or started >= since) and (until is None or started < until)

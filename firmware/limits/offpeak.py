@@ -249,7 +249,7 @@ def _wall(t: datetime, tz: tzinfo) -> datetime:
     return t.astimezone(tz).replace(tzinfo=None)
 
 
-def _resolve(wall: datetime, tz: tzinfo) -> datetime:
+def resolve_wall(wall: datetime, tz: tzinfo) -> datetime:
     """The first instant (UTC) at which the wall clock in ``tz`` reads ``wall`` or later.
 
     Existing times map to themselves, the first of two in a fall-back overlap (fold=0); a time in a spring-forward
@@ -276,21 +276,28 @@ def _resolve(wall: datetime, tz: tzinfo) -> datetime:
     return hi
 
 
+def window_occurrences(w: Window, tz: tzinfo, first: date, days: int) -> list[tuple[datetime, datetime]]:
+    """The window's occurrences starting on local days ``first`` .. ``first + days - 1``, as UTC [open, close).
+
+    Shared with the tariff's time-of-use bands (firmware.payment.tariff), which follow the same DST rules.
+    """
+    out = []
+    for k in range(days):
+        day = first + timedelta(days=k)
+        if day.weekday() not in w.days:
+            continue
+        midnight = datetime.combine(day, time())
+        end = w.end_min + (_DAY_MIN if w.crosses_midnight else 0)
+        a = resolve_wall(midnight + timedelta(minutes=w.start_min), tz)
+        b = resolve_wall(midnight + timedelta(minutes=end), tz)
+        if a < b:  # empty only when the whole window falls into a spring-forward gap
+            out.append((a, b))
+    return out
+
+
 def _occurrences(windows: Iterable[Window], tz: tzinfo, first: date, days: int) -> list[tuple[datetime, datetime]]:
     """Every window occurrence starting on local days ``first`` .. ``first + days - 1``, as UTC [open, close)."""
-    out = []
-    for w in windows:
-        for k in range(days):
-            day = first + timedelta(days=k)
-            if day.weekday() not in w.days:
-                continue
-            midnight = datetime.combine(day, time())
-            end = w.end_min + (_DAY_MIN if w.crosses_midnight else 0)
-            a = _resolve(midnight + timedelta(minutes=w.start_min), tz)
-            b = _resolve(midnight + timedelta(minutes=end), tz)
-            if a < b:  # empty only when the whole window falls into a spring-forward gap
-                out.append((a, b))
-    return out
+    return [span for w in windows for span in window_occurrences(w, tz, first, days)]
 
 
 def _merged(windows: Sequence[Window], at: datetime, tz: tzinfo, ahead_days: int) -> list[tuple[datetime, datetime]]:
@@ -323,7 +330,7 @@ def next_change(windows: Sequence[Window], at: datetime, tz: tzinfo) -> datetime
         return None
     merged = _merged(windows, t, tz, LOOKAHEAD_DAYS)
     # Occurrences starting on later days open no earlier than this, so edges before it are exact.
-    horizon = _resolve(datetime.combine(_wall(t, tz).date() + timedelta(days=LOOKAHEAD_DAYS + 1), time()), tz)
+    horizon = resolve_wall(datetime.combine(_wall(t, tz).date() + timedelta(days=LOOKAHEAD_DAYS + 1), time()), tz)
     for a, b in merged:
         for edge in (a, b):
             if edge > t:

@@ -45,12 +45,20 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Context, Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-from firmware.limits.offpeak import DAY_NAMES, Window, format_window, load_zone, parse_window, zone_name
+from firmware.limits.offpeak import (
+    DAY_NAMES,
+    Window,
+    format_window,
+    load_zone,
+    parse_window,
+    window_occurrences,
+    zone_name,
+)
 from hal.interfaces import MeterReading
 
 Price = Decimal | int | str
@@ -254,44 +262,11 @@ def _wall(t: datetime, tz: tzinfo) -> datetime:
     return t.astimezone(tz).replace(tzinfo=None)
 
 
-def _first_instant(wall: datetime, tz: tzinfo) -> datetime:
-    """The first instant (UTC) at which the wall clock in ``tz`` reads ``wall`` or later.
-
-    The same rule as :mod:`firmware.limits.offpeak`: an existing time is its first occurrence (fold=0), a time in
-    a spring-forward gap is the jump itself. Monotonic in ``wall``, so disjoint bands stay disjoint across DST.
-    """
-    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
-    if _wall(first, tz) == wall:
-        return first
-    before, after = wall.replace(tzinfo=tz, fold=0).utcoffset(), wall.replace(tzinfo=tz, fold=1).utcoffset()
-    if before is None or after is None or after <= before:
-        return first
-    lo, hi = first - (after - before), first
-    while hi - lo > timedelta(seconds=1):  # transitions are on whole seconds
-        mid = (lo + (hi - lo) / 2).replace(microsecond=0)
-        if mid <= lo:
-            mid = lo + timedelta(seconds=1)
-        if _wall(mid, tz) >= wall:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
 def _occurrences(bands: Sequence[Band], tz: tzinfo, first: date, days: int) -> list[tuple[datetime, datetime, Band]]:
-    out = []
-    for band in bands:
-        w = band.window
-        for k in range(days):
-            day = first + timedelta(days=k)
-            if day.weekday() not in w.days:
-                continue
-            midnight = datetime.combine(day, time())
-            end = w.end_min + (_DAY_MIN if w.crosses_midnight else 0)
-            a = _first_instant(midnight + timedelta(minutes=w.start_min), tz)
-            b = _first_instant(midnight + timedelta(minutes=end), tz)
-            if a < b:
-                out.append((a, b, band))
+    """Each band's occurrences (UTC [from, to)), by start; the off-peak windows' DST rules
+    (:func:`firmware.limits.offpeak.window_occurrences`): an existing time is its first occurrence (fold=0), a time
+    in a spring-forward gap is the jump itself, so disjoint bands stay disjoint across DST."""
+    out = [(a, b, band) for band in bands for a, b in window_occurrences(band.window, tz, first, days)]
     out.sort(key=lambda o: o[0])
     return out
 
