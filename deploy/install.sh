@@ -24,9 +24,14 @@ if [ -z "$PREFIX" ] && [ "$(id -u)" -ne 0 ]; then
 fi
 
 echo "installing pievse from $SRC into $OPT"
-[ -x "$OPT/venv/bin/python" ] || "$PYTHON" -m venv "$OPT/venv"
+if [ -z "$PREFIX" ] && command -v apt-get >/dev/null; then
+    # pyscard has no arm64 wheel on PyPI (pip would compile it, needing swig and headers): Debian's python3-pyscard
+    # serves the venv through its system site-packages.
+    apt-get install -y -qq python3-venv python3-pyscard libpcsclite1 pcscd
+fi
+[ -x "$OPT/venv/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$OPT/venv"
 # The pi extra adds pyscard and rpi-lgpio on a Pi (its markers skip them elsewhere).
-"$OPT/venv/bin/python" -m pip install --quiet --upgrade "$SRC[pi]"
+"$OPT/venv/bin/python" -m pip install --quiet --upgrade "${SRC}[pi]"
 "$OPT/venv/bin/python" -m compileall -q "$OPT/venv/lib" >/dev/null || true
 install -D -m 0755 "$SRC/deploy/evse-pwm-setup" "$OPT/bin/evse-pwm-setup"
 install -D -m 0644 "$SRC/systemd/evse.service" "$UNITS/evse.service"
