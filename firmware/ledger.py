@@ -20,7 +20,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from firmware.payment.tariff import Cost, CostMeter, Sample, Tariff, register_wh
+from firmware.payment.cost import Cost, CostMeter, Sample
+from firmware.payment.tariff import Tariff, register_wh
 from firmware.session import SessionRecord
 from firmware.store import Store
 from hal.clock import Clock

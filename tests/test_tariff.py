@@ -11,12 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firmware.payment.cost import Cost, CostMeter, ExactCost, Sample, session_cost, summarize
 from firmware.payment.tariff import (
     Band,
-    Cost,
-    CostMeter,
-    ExactCost,
-    Sample,
     Tariff,
     TimeBasis,
     allocate,
@@ -24,8 +21,6 @@ from firmware.payment.tariff import (
     parse_band,
     register_wh,
     round_money,
-    session_cost,
-    summarize,
     to_money,
 )
 from hal.interfaces import MeterReading

@@ -1,4 +1,4 @@
-"""The local tariff and the cost meter: what a session costs by the charger's own price list.
+"""The local tariff: the charger's own price list (the cost meter that applies it: :mod:`firmware.payment.cost`).
 
 The backend's price (California Pricing, :mod:`firmware.payment.costmsg`) wins when it sends one; this local tariff
 is for display and offline estimates, and is always labelled as the local estimate by whoever shows it.
@@ -43,12 +43,11 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Context, Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any
 
 from firmware.limits.offpeak import (
     DAY_NAMES,
@@ -59,7 +58,6 @@ from firmware.limits.offpeak import (
     window_occurrences,
     zone_name,
 )
-from hal.interfaces import MeterReading
 
 Price = Decimal | int | str
 """What a price may be given as; never a float."""
@@ -74,9 +72,9 @@ MAX_GRACE_MIN = 7 * 24 * 60
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _DAY_MIN = 24 * 60
 _WEEK_MIN = 7 * _DAY_MIN
-_US_PER_HOUR = 3_600_000_000
+US_PER_HOUR = 3_600_000_000
 _MWH_PER_WH = Decimal("0.001")
-_WIDE = Context(prec=200)
+WIDE_CONTEXT = Context(prec=200)
 
 
 # ── money at the boundary ──────────────────────────────────────────────────────────────────────────────────────
@@ -127,7 +125,7 @@ def register_wh(value: float | int | str | Decimal) -> Decimal:
         raise ValueError(f"energy register must be finite, got {value!r}")
     if wh < 0:
         raise ValueError(f"energy register must not be negative, got {value!r}")
-    return wh.quantize(_MWH_PER_WH, rounding="ROUND_HALF_UP", context=_WIDE)
+    return wh.quantize(_MWH_PER_WH, rounding="ROUND_HALF_UP", context=WIDE_CONTEXT)
 
 
 def _half_up_units(x: Fraction) -> int:
@@ -137,7 +135,7 @@ def _half_up_units(x: Fraction) -> int:
 
 
 def _units_to_decimal(units: int, decimals: int) -> Decimal:
-    return Decimal(units).scaleb(-decimals, context=_WIDE)
+    return Decimal(units).scaleb(-decimals, context=WIDE_CONTEXT)
 
 
 def round_money(value: Fraction | Decimal | int, decimals: int) -> Decimal:
@@ -271,7 +269,8 @@ def _occurrences(bands: Sequence[Band], tz: tzinfo, first: date, days: int) -> l
     return out
 
 
-def _aware(name: str, value: object) -> datetime:
+def aware_utc(name: str, value: object) -> datetime:
+    """``value`` as an aware datetime; ``ValueError`` naming ``name`` for anything else."""
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
     return value.astimezone(UTC)
@@ -373,7 +372,7 @@ class Tariff:
 
     def pieces(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime, Band | None]]:
         """``[start, end)`` cut at band edges: (from, to, band or None for the base prices), in order, in UTC."""
-        t0, t1 = _aware("start", start), _aware("end", end)
+        t0, t1 = aware_utc("start", start), aware_utc("end", end)
         if t1 < t0:
             raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
         if t1 == t0:
@@ -398,7 +397,7 @@ class Tariff:
 
     def band_at(self, at: datetime) -> Band | None:
         """The band in force at ``at``, None for the base prices."""
-        t = _aware("at", at)
+        t = aware_utc("at", at)
         return self.pieces(t, t + timedelta(microseconds=1))[0][2]
 
     def prices_at(self, at: datetime) -> tuple[Decimal, Decimal]:
@@ -414,7 +413,7 @@ class Tariff:
 
     def next_price_change(self, at: datetime) -> datetime | None:
         """The first instant (UTC) after ``at`` where the energy or time price changes; None within 8 days."""
-        t = _aware("at", at)
+        t = aware_utc("at", at)
         now = self._prices(self.band_at(t))
         for a, _b, band in self.pieces(t, t + timedelta(days=8)):
             if a > t and self._prices(band) != now:
@@ -435,312 +434,3 @@ class Tariff:
         if self.bands:
             parts.append(f"bands in {zone_name(self.zone)}")
         return ", ".join(parts)
-
-
-# ── costs ──────────────────────────────────────────────────────────────────────────────────────────────────────
-
-
-@dataclass(frozen=True)
-class ExactCost:
-    """The unrounded components (exact rationals in the currency's units)."""
-
-    energy: Fraction = Fraction(0)
-    time: Fraction = Fraction(0)
-    fee: Fraction = Fraction(0)
-    idle: Fraction = Fraction(0)
-
-    @property
-    def total(self) -> Fraction:
-        return self.energy + self.time + self.fee + self.idle
-
-    def __add__(self, other: ExactCost) -> ExactCost:
-        return ExactCost(
-            self.energy + other.energy, self.time + other.time, self.fee + other.fee, self.idle + other.idle
-        )
-
-
-@dataclass(frozen=True)
-class Cost:
-    """A session's cost at one instant: rounded parts that add up to the rounded total, and what they came from."""
-
-    currency: str
-    decimals: int
-    energy: Decimal
-    time: Decimal
-    fee: Decimal
-    idle: Decimal
-    total: Decimal
-    exact: ExactCost
-    #: Energy from the import register over the session so far (Wh).
-    energy_wh: Decimal
-    charging_time: timedelta
-    connected_time: timedelta
-    #: Idle time charged for (after the grace).
-    idle_time: timedelta
-    #: The instant this cost is for (UTC).
-    at: datetime
-    final: bool = False
-
-    @classmethod
-    def from_exact(
-        cls,
-        exact: ExactCost,
-        currency: str,
-        decimals: int,
-        *,
-        energy_wh: Decimal = Decimal(0),
-        charging_time: timedelta = timedelta(0),
-        connected_time: timedelta = timedelta(0),
-        idle_time: timedelta = timedelta(0),
-        at: datetime,
-        final: bool = False,
-    ) -> Cost:
-        (energy, time_, fee, idle), total = allocate([exact.energy, exact.time, exact.fee, exact.idle], decimals)
-        return cls(
-            currency, decimals, energy, time_, fee, idle, total, exact, energy_wh, charging_time, connected_time,
-            idle_time, at, final,
-        )  # fmt: skip
-
-    def as_dict(self) -> dict[str, Any]:
-        """For the status API and the ledger: amounts as decimal strings (never floats)."""
-        return {
-            "currency": self.currency,
-            "total": str(self.total),
-            "energy": str(self.energy),
-            "time": str(self.time),
-            "fee": str(self.fee),
-            "idle": str(self.idle),
-            "energy_wh": str(self.energy_wh),
-            "charging_s": self.charging_time.total_seconds(),
-            "connected_s": self.connected_time.total_seconds(),
-            "idle_s": self.idle_time.total_seconds(),
-            "at": self.at.isoformat(),
-            "final": self.final,
-        }
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One meter sample for the cost meter: when, the import register, and the current (highest phase)."""
-
-    at: datetime
-    #: Import register (Wh), exact; use :func:`register_wh` or :meth:`from_reading` for a meter's float.
-    energy_wh: Decimal
-    current_a: float = 0.0
-    #: The charger withholds current now (SuspendedEVSE: off-peak hold, load shedding, a paused session): not idle.
-    evse_suspended: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "at", _aware("sample time", self.at))
-        if isinstance(self.energy_wh, float):
-            raise TypeError("Sample.energy_wh must be exact: pass register_wh(x) or use Sample.from_reading")
-        object.__setattr__(self, "energy_wh", register_wh(self.energy_wh))
-        current = self.current_a
-        if (
-            isinstance(current, bool)
-            or not isinstance(current, int | float)
-            or not math.isfinite(current)
-            or current < 0
-        ):
-            raise ValueError(f"current must be a finite number >= 0 A, got {current!r}")
-
-    @classmethod
-    def from_reading(cls, at: datetime, reading: MeterReading, *, evse_suspended: bool = False) -> Sample:
-        """From a meter snapshot; ``at`` is wall-clock time (the reading's own stamp is monotonic)."""
-        amps = [a for a in reading.current_a if a is not None]
-        return cls(at, register_wh(reading.energy_import_wh), max(amps, default=0.0), evse_suspended)
-
-
-def _us(d: timedelta) -> int:
-    return d // timedelta(microseconds=1)
-
-
-@dataclass(frozen=True)
-class _Tally:
-    energy: Fraction = Fraction(0)
-    time: Fraction = Fraction(0)
-    idle: Fraction = Fraction(0)
-    energy_wh: Decimal = Decimal(0)
-    charging_time: timedelta = timedelta(0)
-    idle_time: timedelta = timedelta(0)
-    has_charged: bool = False
-    #: Start of the current run of no current after charging (None while charging or before any charging).
-    idle_since: datetime | None = None
-
-
-def _advance(tariff: Tariff, tally: _Tally, s0: Sample, s1: Sample) -> _Tally:
-    """Add the stretch from ``s0`` to ``s1``; pure."""
-    span = s1.at - s0.at
-    if span < timedelta(0):
-        raise ValueError(f"sample at {s1.at.isoformat()} is before the previous one at {s0.at.isoformat()}")
-    delta_wh = s1.energy_wh - s0.energy_wh
-    if delta_wh < 0:
-        raise ValueError(f"import register went backwards: {s0.energy_wh} Wh -> {s1.energy_wh} Wh")
-    charging = delta_wh > 0 or s0.current_a >= CHARGING_MIN_A
-    kwh = Fraction(delta_wh) / 1000
-    span_us = _us(span)
-    energy, time_cost = tally.energy, tally.time
-    if span_us == 0:
-        energy += kwh * Fraction(tariff.prices_at(s0.at)[0])
-    for a, b, band in tariff.pieces(s0.at, s1.at):
-        per_kwh, per_hour = tariff._prices(band)
-        piece_us = _us(b - a)
-        energy += kwh * Fraction(piece_us, span_us) * Fraction(per_kwh)
-        if charging or tariff.time_basis is TimeBasis.CONNECTED:
-            time_cost += Fraction(piece_us, _US_PER_HOUR) * Fraction(per_hour)
-    idle, idle_time, idle_since = tally.idle, tally.idle_time, tally.idle_since
-    if charging or s0.evse_suspended or not tally.has_charged:
-        idle_since = None
-    else:
-        if idle_since is None:
-            idle_since = s0.at
-        grace = timedelta(minutes=tariff.idle_grace_min)
-        billed = max(timedelta(0), s1.at - idle_since - grace) - max(timedelta(0), s0.at - idle_since - grace)
-        idle_time += billed
-        idle += Fraction(_us(billed), _US_PER_HOUR) * Fraction(tariff.idle_per_hour)
-    return _Tally(
-        energy=energy,
-        time=time_cost,
-        idle=idle,
-        energy_wh=tally.energy_wh + delta_wh,
-        charging_time=tally.charging_time + (span if charging else timedelta(0)),
-        idle_time=idle_time,
-        has_charged=tally.has_charged or charging,
-        idle_since=idle_since,
-    )
-
-
-class CostMeter:
-    """A session's running cost by the local tariff, fed with timestamped meter samples.
-
-    Between samples the state of the last sample is assumed to hold: :meth:`running` at a later instant adds time
-    and idle for the gap, but no energy (energy comes only from the register). Pure: time is passed in.
-    """
-
-    def __init__(self, tariff: Tariff, start: Sample) -> None:
-        self.tariff = tariff
-        self.start = start
-        self._last = start
-        self._tally = _Tally()
-        self._final: Cost | None = None
-
-    @property
-    def last(self) -> Sample:
-        return self._last
-
-    @property
-    def finished(self) -> bool:
-        return self._final is not None
-
-    def add(self, sample: Sample) -> None:
-        """Account for the stretch since the previous sample; ``ValueError`` if time or the register went back."""
-        if self._final is not None:
-            raise ValueError("the session's cost is final; start a new CostMeter for a new session")
-        self._tally = _advance(self.tariff, self._tally, self._last, sample)
-        self._last = sample
-
-    def exact(self, at: datetime | None = None) -> ExactCost:
-        """The unrounded components at ``at`` (default: the last sample)."""
-        tally = self._tally_at(at)
-        return ExactCost(tally.energy, tally.time, Fraction(self.tariff.session_fee), tally.idle)
-
-    def _tally_at(self, at: datetime | None) -> _Tally:
-        if at is None or self._final is not None:
-            return self._tally
-        held = Sample(at, self._last.energy_wh, self._last.current_a, self._last.evse_suspended)
-        return _advance(self.tariff, self._tally, self._last, held)
-
-    def running(self, at: datetime | None = None) -> Cost:
-        """The cost so far at ``at`` (not before the last sample; default: the last sample)."""
-        if self._final is not None:
-            return self._final
-        when = self._last.at if at is None else _aware("at", at)
-        tally = self._tally_at(when)
-        return self._cost(tally, when, final=False)
-
-    def finish(self, sample: Sample | None = None) -> Cost:
-        """Close the session (with its last sample, e.g. the meterStop reading) and return the final cost."""
-        if self._final is None:
-            if sample is not None:
-                self.add(sample)
-            self._final = self._cost(self._tally, self._last.at, final=True)
-        elif sample is not None:
-            raise ValueError("the session's cost is already final")
-        return self._final
-
-    def _cost(self, tally: _Tally, at: datetime, *, final: bool) -> Cost:
-        exact = ExactCost(tally.energy, tally.time, Fraction(self.tariff.session_fee), tally.idle)
-        return Cost.from_exact(
-            exact,
-            self.tariff.currency,
-            self.tariff.decimals,
-            energy_wh=tally.energy_wh,
-            charging_time=tally.charging_time,
-            connected_time=at - self.start.at,
-            idle_time=tally.idle_time,
-            at=at,
-            final=final,
-        )
-
-
-def session_cost(tariff: Tariff, samples: Iterable[Sample]) -> Cost:
-    """The final cost of a whole session from its samples (the first is the start)."""
-    it = iter(samples)
-    try:
-        first = next(it)
-    except StopIteration:
-        raise ValueError("a session needs at least its start sample") from None
-    meter = CostMeter(tariff, first)
-    for s in it:
-        meter.add(s)
-    return meter.finish()
-
-
-@dataclass(frozen=True)
-class CostSummary:
-    """Totals over many sessions: the sums of what each session was billed (its rounded parts)."""
-
-    currency: str
-    decimals: int
-    sessions: int
-    energy: Decimal
-    time: Decimal
-    fee: Decimal
-    idle: Decimal
-    total: Decimal
-    energy_wh: Decimal
-
-
-def summarize(costs: Iterable[Cost], *, currency: str, decimals: int = 2) -> CostSummary:
-    """Add up billed sessions exactly (Decimal addition of the rounded amounts, so it equals their sum).
-
-    ``ValueError`` if a session is in another currency; ``decimals`` is the widest of the sessions' and the
-    given one.
-    """
-    n = 0
-    energy = time_ = fee = idle = total = Decimal(0)
-    wh = Decimal(0)
-    places = decimals
-    for c in costs:
-        if c.currency != currency:
-            raise ValueError(f"cannot add a {c.currency} session to a {currency} summary")
-        n += 1
-        energy, time_, fee, idle, total = energy + c.energy, time_ + c.time, fee + c.fee, idle + c.idle, total + c.total
-        wh += c.energy_wh
-        places = max(places, c.decimals)
-    q = Decimal(1).scaleb(-places)
-
-    def exact(x: Decimal) -> Decimal:  # only adds trailing zeros: every amount has at most `places` places
-        return x.quantize(q, context=_WIDE)
-
-    return CostSummary(
-        currency=currency,
-        decimals=places,
-        sessions=n,
-        energy=exact(energy),
-        time=exact(time_),
-        fee=exact(fee),
-        idle=exact(idle),
-        total=exact(total),
-        energy_wh=wh,
-    )
