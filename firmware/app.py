@@ -315,10 +315,9 @@ class ChargePointApp:
 
     def _cost_status(self) -> dict[str, Any] | None:
         """The running session's cost: the CSMS's when it sent one (California Pricing), else the local estimate."""
-        pricing = getattr(self.ocpp, "pricing", None) if self.ocpp is not None else None
         record = self.sessions.current
-        if pricing is not None and record is not None and record.transaction_ref is not None:
-            backend = pricing.display(self.ocpp.outbox.transaction_id(record.transaction_ref))
+        if self.ocpp is not None and record is not None and record.transaction_ref is not None:
+            backend = self.ocpp.pricing.display(self.ocpp.outbox.transaction_id(record.transaction_ref))
             if backend is not None:  # the CSMS's figure, rounded as NumberOfDecimalsForCostValues says
                 return {**backend, "total": backend.get("cost_rounded", backend.get("cost")), "currency": None}
         cost = self.ledger.running_cost()
@@ -420,7 +419,8 @@ class ChargePointApp:
         """Run until ``stop`` is set or a task fails; the charger is left safe either way."""
         if self.supervisor is not None:
             self.supervisor.start()  # a board whose ADC does not answer fails here, before anything is served
-        self.ledger.recover(await self.sampler.register_wh())  # sessions a power cut left open
+        if self.ledger.has_open_sessions():  # sessions a power cut left open; no meter read at a normal start
+            self.ledger.recover(await self.sampler.register_wh())
         server = ControlServer(self.settings.control.socket, self.handlers()) if serve_api else None
         if server is not None:
             await server.start()

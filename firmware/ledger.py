@@ -56,6 +56,10 @@ class SessionLedger:
         self._bad_sample_logged = False
 
     # ---- start-up -------------------------------------------------------------------------------------
+    def has_open_sessions(self) -> bool:
+        """A row without a stop: only then does start-up need the meter's register (:meth:`recover`)."""
+        return self.store.conn.execute("SELECT 1 FROM sessions WHERE stopped_at IS NULL LIMIT 1").fetchone() is not None
+
     def recover(self, register_now_wh: float | None) -> int:
         """Close the rows a power loss left open; returns how many."""
         rows = self.store.conn.execute(
