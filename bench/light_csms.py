@@ -91,6 +91,10 @@ class Charger(ChargePoint):  # type: ignore[misc]
     def on_data_transfer(self, **_: Any) -> Any:
         return call_result.DataTransfer(status="Accepted")
 
+    @on("SecurityEventNotification")
+    def on_security_event(self, **_: Any) -> Any:
+        return call_result.SecurityEventNotification()
+
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)

@@ -141,7 +141,10 @@ class DroppingDTP(DTPHandler):  # type: ignore[misc]
 
 class UploadFtpServer:
     """pyftpdlib on 127.0.0.1: user ``evse``/``secret`` may write in ``root/upload``; ``reader``/``secret``
-    may only read. ``drop_after`` makes every data connection close after that many bytes."""
+    may only read. ``drop_after`` makes every data connection close after that many bytes.
+
+    ``commands`` lists every command line the server received, in order (PASS shown as ``PASS ***``);
+    ``handler_attrs`` are extra attributes of the control handler class (e.g. an ``ftp_REST`` that refuses)."""
 
     def __init__(
         self,
@@ -150,8 +153,10 @@ class UploadFtpServer:
         drop_after: int | None = None,
         dtp_handler: type[Any] | None = None,
         tls_cert_chain: Path | None = None,
+        handler_attrs: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
+        self.commands: list[str] = []
         (root / "upload").mkdir(parents=True, exist_ok=True)
         authorizer = DummyAuthorizer()
         authorizer.add_user("evse", "secret", str(root), perm="elradfmw")
@@ -168,6 +173,13 @@ class UploadFtpServer:
 
             base, self.scheme = TLS_FTPHandler, "ftps"
             attrs |= {"certfile": str(tls_cert_chain), "tls_control_required": True, "tls_data_required": True}
+        commands, chosen = self.commands, base
+
+        def pre_process_command(handler: Any, line: str, cmd: str, arg: str) -> None:
+            commands.append("PASS ***" if cmd == "PASS" else line)
+            chosen.pre_process_command(handler, line, cmd, arg)
+
+        attrs |= {"pre_process_command": pre_process_command} | (handler_attrs or {})
         handler = type("Handler", (base,), attrs)
         self.server = FTPServer(("127.0.0.1", 0), handler)
         self._stop = threading.Event()

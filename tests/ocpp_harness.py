@@ -86,6 +86,8 @@ class OcppHarness(Generic[CsmsT]):
     async def start(self) -> None:
         self.task = asyncio.create_task(self.app.run(self.stop, serve_api=self.serve_api))
         await self.csms.wait_for(lambda: self.app.ocpp.service.online)
+        # What a start queues (the StartupOfTheDevice security event) is delivered before a test begins.
+        await self.csms.wait_for(lambda: len(self.app.ocpp.outbox) == 0)
         if self.ready is not None:
             await self.csms.wait_for(self.ready)
 

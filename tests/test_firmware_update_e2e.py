@@ -277,6 +277,10 @@ class SignedHarness(OcppHarness[StrictCentralSystem]):
         self.clock.jump((datetime.now(UTC) - self.clock.now()).total_seconds())
 
 
+def security_events(csms: StrictCentralSystem, kind: str) -> list[dict[str, Any]]:
+    return [p for p in csms.received("SecurityEventNotification") if p["type"] == kind]
+
+
 def signed_statuses(csms: StrictCentralSystem, request_id: int) -> list[str]:
     return [p["status"] for p in csms.received("SignedFirmwareStatusNotification") if p.get("requestId") == request_id]
 
@@ -339,6 +343,8 @@ async def test_signed_update_firmware_against_the_strict_csms(
             )
             assert answer == {"status": "Rejected"}
             assert http.requests == [] and not (update_dir / "job.json").exists()
+            # Security whitepaper: each refused signing certificate is a security event to the CSMS.
+            await csms.wait_for(lambda: len(security_events(csms, "InvalidFirmwareSigningCertificate")) == 2, 5)
 
             # a signature that does not match the file: downloaded, InvalidSignature, nothing installed
             bad_sig = base64.b64encode(signer.sign(package_bytes + b"x"))
@@ -349,6 +355,7 @@ async def test_signed_update_firmware_against_the_strict_csms(
             await csms.wait_for(lambda: "InvalidSignature" in signed_statuses(csms, 5), 20)
             assert signed_statuses(csms, 5) == ["Downloading", "Downloaded", "InvalidSignature"]
             assert not (update_dir / "slots").exists() and not list((update_dir / "downloads").glob("*"))
+            await csms.wait_for(lambda: len(security_events(csms, "InvalidFirmwareSignature")) == 1, 5)
 
             # the good one: verified, installed into slot a, restarting into it
             answer = await csms.call(
@@ -375,6 +382,7 @@ async def test_signed_update_firmware_against_the_strict_csms(
         await h2.start()
         try:
             await csms.wait_for(lambda: "Installed" in signed_statuses(csms, 6), 20)
+            await csms.wait_for(lambda: len(security_events(csms, "FirmwareUpdated")) == 1, 5)
             s = state.read_state(update_dir)
             assert s.trial is None and s.result is not None and s.result.outcome == "installed"
         finally:
@@ -384,4 +392,15 @@ async def test_signed_update_firmware_against_the_strict_csms(
     assert [v for v in csms.violations if v["client"] == STRICT_CP] == []
     for payload in csms.received("SignedFirmwareStatusNotification"):
         assert schema_errors("SignedFirmwareStatusNotification", payload) == [], payload
+    for payload in csms.received("SecurityEventNotification"):
+        assert schema_errors("SecurityEventNotification", payload) == [], payload
+    # Two starts (StartupOfTheDevice each) and the update's events, each once, in order.
+    assert [p["type"] for p in csms.received("SecurityEventNotification")] == [
+        "StartupOfTheDevice",
+        "InvalidFirmwareSigningCertificate",
+        "InvalidFirmwareSigningCertificate",
+        "InvalidFirmwareSignature",
+        "StartupOfTheDevice",
+        "FirmwareUpdated",
+    ]
     assert any(f["dir"] == "in" and f["frame"] and f["frame"][0] == 3 for f in mine)  # our answers were validated

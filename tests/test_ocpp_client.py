@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from csms.central import TestCentralSystem
@@ -63,7 +64,7 @@ async def test_card_started_session_on_the_wire(harness: Harness) -> None:
     await csms.wait_for(lambda: csms.count("StartTransaction") == 1)
     await harness.advance(60.0, dt=1.0)
     app.ocpp.service.transactions.sample_meter_values()
-    await csms.wait_for(lambda: csms.count("MeterValues") == 1)
+    await csms.wait_for(lambda: csms.count("MeterValues") == 2)  # Transaction.Begin, then the sample
     harness.sim.tap(bytes.fromhex("04A1B2C3"))
     await harness.advance(1.0)
     await csms.wait_for(lambda: csms.count("StopTransaction") == 1)
@@ -71,7 +72,7 @@ async def test_card_started_session_on_the_wire(harness: Harness) -> None:
     assert csms.payloads("Authorize")[0]["idTag"] == "04A1B2C3"
     start = csms.payloads("StartTransaction")[0]
     assert start["connectorId"] == 1 and start["idTag"] == "04A1B2C3"
-    mv = csms.payloads("MeterValues")[0]
+    mv = csms.payloads("MeterValues")[1]
     assert mv["transactionId"] == 1
     energy = [s for s in mv["meterValue"][0]["sampledValue"] if s["measurand"] == "Energy.Active.Import.Register"]
     assert float(energy[0]["value"]) > start["meterStart"]
@@ -79,7 +80,7 @@ async def test_card_started_session_on_the_wire(harness: Harness) -> None:
     assert stop["transactionId"] == 1 and stop["reason"] == "Local"
     assert stop["meterStop"] >= round(float(energy[0]["value"]))
     tx_actions = [a for a in harness.actions() if a in ("StartTransaction", "MeterValues", "StopTransaction")]
-    assert tx_actions == ["StartTransaction", "MeterValues", "StopTransaction"]
+    assert tx_actions == ["StartTransaction", "MeterValues", "MeterValues", "StopTransaction"]
     charging = [p for p in csms.payloads("StatusNotification") if p["connectorId"] == 1 and p["status"] == "Charging"]
     assert charging
     await csms.wait_for(lambda: len(app.ocpp.outbox) == 0)
@@ -186,14 +187,14 @@ async def test_csms_down_for_a_whole_session_then_back(harness: Harness) -> None
     app.ocpp.service.transactions.sample_meter_values()
     harness.sim.unplug()
     await harness.advance(0.5)
-    assert len(app.ocpp.outbox) == 3  # Start, MeterValues, Stop: on disk, waiting
+    assert len(app.ocpp.outbox) == 4  # Start, MeterValues (Transaction.Begin, a sample), Stop: on disk, waiting
     csms.received.clear()
     await csms.start(port=port)
     await csms.wait_for(lambda: csms.count("StopTransaction") == 1, timeout=10.0)
     tx = [r for r in csms.received if r.action in ("StartTransaction", "MeterValues", "StopTransaction")]
-    assert [r.action for r in tx] == ["StartTransaction", "MeterValues", "StopTransaction"]
+    assert [r.action for r in tx] == ["StartTransaction", "MeterValues", "MeterValues", "StopTransaction"]
     tx_id = csms.payloads("StopTransaction")[0]["transactionId"]
-    assert csms.payloads("MeterValues")[0]["transactionId"] == tx_id
+    assert [p["transactionId"] for p in csms.payloads("MeterValues")] == [tx_id, tx_id]
     assert csms.payloads("StopTransaction")[0]["reason"] == "EVDisconnected"
     await csms.wait_for(lambda: len(app.ocpp.outbox) == 0)  # the last answer is recorded
 
@@ -372,15 +373,49 @@ async def test_clock_aligned_values_and_stop_txn_aligned_data(harness: Harness) 
     harness.sim.tap(bytes.fromhex("04A1B2C3"))
     await harness.advance(60.0, dt=1.0)
     app.ocpp.service.transactions.clock_aligned_sample(harness.clock.now())
-    await csms.wait_for(lambda: csms.count("MeterValues") == 2)
-    aligned = csms.payloads("MeterValues")[1]
+    await csms.wait_for(lambda: csms.count("MeterValues") == 3)  # the Transaction.Begin readings, then the aligned
+    aligned = csms.payloads("MeterValues")[2]
     assert aligned["transactionId"] == 1
     assert aligned["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
     harness.sim.unplug()
     await harness.advance(0.5)
     await csms.wait_for(lambda: csms.count("StopTransaction") == 1)
     data = csms.payloads("StopTransaction")[0]["transactionData"]
-    assert [d["sampledValue"][0]["context"] for d in data] == ["Sample.Clock"]
+    assert [d["sampledValue"][0]["context"] for d in data] == ["Transaction.Begin", "Sample.Clock", "Transaction.End"]
+
+
+def _register(meter_value: dict[str, Any], context: str) -> float:
+    (value,) = [
+        float(v["value"])
+        for v in meter_value["sampledValue"]
+        if v["measurand"] == "Energy.Active.Import.Register" and v["context"] == context
+    ]
+    return value
+
+
+async def test_transaction_begin_and_end_readings_are_meter_start_and_stop(harness: Harness) -> None:
+    """Billing: the Transaction.Begin MeterValues and the StopTransaction's Begin/End readings carry exactly the
+    registers in meterStart/meterStop, at the transaction's own timestamps."""
+    csms, app = harness.csms, harness.app
+    app.ocpp.configuration.change("StopTxnSampledData", "Energy.Active.Import.Register,Voltage")
+    harness.sim.plug()
+    harness.sim.tap(bytes.fromhex("04A1B2C3"))
+    await harness.advance(120.0, dt=1.0)
+    harness.sim.tap(bytes.fromhex("04A1B2C3"))
+    await harness.advance(1.0)
+    await csms.wait_for(lambda: csms.count("StopTransaction") == 1)
+    start, stop = csms.payloads("StartTransaction")[0], csms.payloads("StopTransaction")[0]
+    assert stop["meterStop"] - start["meterStart"] > 100  # two minutes of charging
+    first = csms.payloads("MeterValues")[0]
+    assert first["transactionId"] == 1
+    (begin_mv,) = first["meterValue"]
+    assert begin_mv["timestamp"] == start["timestamp"]
+    assert _register(begin_mv, "Transaction.Begin") == start["meterStart"]
+    begin, end = stop["transactionData"][0], stop["transactionData"][-1]
+    assert (begin["timestamp"], end["timestamp"]) == (start["timestamp"], stop["timestamp"])
+    assert _register(begin, "Transaction.Begin") == start["meterStart"]
+    assert _register(end, "Transaction.End") == stop["meterStop"]
+    assert {v["measurand"] for v in end["sampledValue"]} == {"Energy.Active.Import.Register", "Voltage"}
 
 
 async def test_max_energy_on_invalid_id(harness: Harness) -> None:

@@ -29,7 +29,7 @@ EXPECTED: list[tuple[str, str, bool, str]] = [
     ("ClockAlignedDataInterval", "int", False, "0"),
     ("MeterValuesAlignedData", "csl", False, "Energy.Active.Import.Register"),
     ("MeterValuesAlignedDataMaxLength", "int", True, "10"),
-    ("StopTxnSampledData", "csl", False, ""),
+    ("StopTxnSampledData", "csl", False, "Energy.Active.Import.Register"),
     ("StopTxnSampledDataMaxLength", "int", True, "10"),
     ("StopTxnAlignedData", "csl", False, ""),
     ("StopTxnAlignedDataMaxLength", "int", True, "10"),
@@ -149,7 +149,7 @@ def test_typed_getters() -> None:
     assert config.get_bool("LocalAuthorizeOffline") is True
     assert config.get_bool("LocalPreAuthorize") is False
     assert config.get_list("MeterValuesSampledData") == ["Energy.Active.Import.Register"]
-    assert config.get_list("StopTxnSampledData") == []
+    assert config.get_list("StopTxnSampledData") == ["Energy.Active.Import.Register"]
     assert config.get_list("SupportedFeatureProfiles") == [
         "Core",
         "FirmwareManagement",

@@ -655,6 +655,41 @@ async def test_wrong_ca_fails_verification_and_is_retried(ca: trustme.CA, tmp_pa
             assert conn.last_error is not None and "certificate verification failed" in conn.last_error
 
 
+async def test_security_failures_are_reported_by_kind(ca: trustme.CA, tmp_path: Path) -> None:
+    """Refused credentials and an unverifiable CSMS certificate reach the security listener; a refused TCP
+    connection (no CSMS there) is no security event."""
+    seen: list[tuple[str, str]] = []
+
+    def reject(connection: ServerConnection, request: Request) -> Response | None:
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "bad credentials\n")
+
+    async with csms(process_request=reject) as server:
+        conn = fast(f"ws://127.0.0.1:{port_of(server)}", security_profile=1, authorization_key=lambda: KEY)
+        conn.on_security_failure = lambda kind, reason: seen.append((kind, reason))
+        async with running(conn, Recorder()):
+            await wait_until(lambda: conn.reconnects >= 2)
+    assert seen[0] == ("authentication", "CSMS refused the WebSocket: HTTP 401 (credentials rejected)")
+    assert {kind for kind, _ in seen} == {"authentication"}
+
+    seen.clear()
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    async with csms(ssl=server_tls(ca)) as server:
+        conn = fast(f"wss://127.0.0.1:{port_of(server)}", security_profile=2, ca_file=str(other))
+        conn.on_security_failure = lambda kind, reason: seen.append((kind, reason))
+        async with running(conn, Recorder()):
+            await wait_until(lambda: conn.reconnects >= 2)
+    assert seen and {kind for kind, _ in seen} == {"certificate"}
+    assert "certificate verification failed" in seen[0][1]
+
+    seen.clear()
+    conn = fast(f"ws://127.0.0.1:{free_port()}")
+    conn.on_security_failure = lambda kind, reason: seen.append((kind, reason))
+    async with running(conn, Recorder()):
+        await wait_until(lambda: conn.reconnects >= 2)
+    assert seen == []
+
+
 async def test_profile_3_needs_the_client_certificate(ca: trustme.CA, tls: dict[str, str]) -> None:
     seen: list[str | None] = []
     async with csms(process_request=auth_recorder(seen), ssl=server_tls(ca, require_client_cert=True)) as server:

@@ -132,8 +132,9 @@ async def test_kill_9_mid_transaction_offline_then_restart(central_system: TestC
             proc.wait(10)
 
     assert csms.count("StartTransaction") == 0
-    queued = _rows(db, "SELECT action, transaction_ref FROM outbox ORDER BY id")
-    assert [a for a, _ in queued] == ["StartTransaction"]
+    # The transaction's messages (the start-up security event may be queued too, if the drop came first).
+    queued = _rows(db, "SELECT action, transaction_ref FROM outbox WHERE transaction_ref IS NOT NULL ORDER BY id")
+    assert [a for a, _ in queued] == ["StartTransaction", "MeterValues"]  # and its Transaction.Begin readings
     open_tx = _rows(db, "SELECT ref, id_tag, meter_start_wh FROM transactions WHERE stopped_at IS NULL")
     assert len(open_tx) == 1 and open_tx[0][0] == queued[0][1] and open_tx[0][1] == "FREEVEND"
 
@@ -154,6 +155,15 @@ async def test_kill_9_mid_transaction_offline_then_restart(central_system: TestC
     assert starts[0]["idTag"] == "FREEVEND" and starts[0]["connectorId"] == 1
     assert stops[0]["transactionId"] == 1 and stops[0]["reason"] == "PowerLoss"
     assert stops[0]["meterStop"] >= starts[0]["meterStart"]
+    # The restart rebuilds the Transaction.Begin reading from the transaction on disk.
+    begin, end = stops[0]["transactionData"][0], stops[0]["transactionData"][-1]
+    assert begin["timestamp"] == starts[0]["timestamp"] and end["timestamp"] == stops[0]["timestamp"]
+    assert [(v["context"], float(v["value"])) for v in begin["sampledValue"]] == [
+        ("Transaction.Begin", starts[0]["meterStart"])
+    ]
+    assert ("Transaction.End", stops[0]["meterStop"]) in [
+        (v["context"], float(v["value"])) for v in end["sampledValue"]
+    ]
     tx_actions = [r.action for r in csms.received if r.action in ("StartTransaction", "StopTransaction")]
     assert tx_actions == ["StartTransaction", "StopTransaction"]
     assert _rows(db, "SELECT COUNT(*) FROM outbox") == [(0,)]
@@ -188,17 +198,18 @@ async def test_stalled_csms_drops_the_connection_and_the_message_is_redelivered(
         await h.advance(10.0, dt=1.0)
         reconnects = app.ocpp.service.connection.reconnects
 
+        before = csms.count("MeterValues")  # the Transaction.Begin readings
         csms.stall = True
         app.ocpp.service.transactions.sample_meter_values()
-        await csms.wait_for(lambda: csms.count("MeterValues") == 1)  # read, never answered
+        await csms.wait_for(lambda: csms.count("MeterValues") == before + 1)  # read, never answered
         await csms.wait_for(lambda: app.ocpp.service.connection.reconnects > reconnects, timeout=3.0)
         assert "not answered" in (app.ocpp.service.connection.last_error or "")
         assert len(app.ocpp.outbox) == 1  # still on disk
         csms.stall = False
         h.clock.advance(2.0)  # past TransactionMessageRetryInterval x 1
-        await csms.wait_for(lambda: csms.count("MeterValues") == 2, timeout=5.0)
+        await csms.wait_for(lambda: csms.count("MeterValues") == before + 2, timeout=5.0)
         await csms.wait_for(lambda: len(app.ocpp.outbox) == 0)
-        first, second = csms.payloads("MeterValues")
+        first, second = csms.payloads("MeterValues")[before:]
         assert first == second and second["transactionId"] == 1
         assert app.ocpp.service.online
         assert app.controller.connector.status is Status.CHARGING and h.sim.contactor.commanded
@@ -470,7 +481,7 @@ async def test_local_list_and_cache_authorize_offline(harness: Harness) -> None:
     assert app.ocpp.configuration.change("AllowOfflineTxForUnknownId", "true") == "Accepted"
     assert await _try_session(harness, unknown)
     assert csms.count("Authorize") == authorizes
-    assert len(app.ocpp.outbox) == 6  # three offline transactions, Start + Stop each, on disk
+    assert len(app.ocpp.outbox) == 9  # three offline transactions, Start, Transaction.Begin + Stop each, on disk
     # The ledger says how each offline session was authorized.
     auths = [row[0] for row in app.store.conn.execute("SELECT auth FROM sessions ORDER BY id")]
     assert auths == ["card (local-list)", "card (cache)", "card (offline-unknown)"]

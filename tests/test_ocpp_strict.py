@@ -70,15 +70,20 @@ async def test_every_frame_the_charger_sends_is_schema_valid(strict: StrictHarne
     await csms.wait_for(lambda: csms.count("StartTransaction") == 1)
     await strict.advance(30.0, dt=1.0)
     app.ocpp.service.transactions.sample_meter_values()
-    await csms.wait_for(lambda: csms.count("MeterValues") == 1)
+    # The Transaction.Begin readings right after StartTransaction, then the periodic sample.
+    await csms.wait_for(lambda: csms.count("MeterValues") == 2)
     strict.sim.tap(bytes.fromhex(CARD))
     await strict.advance(1.0)
     await csms.wait_for(lambda: csms.count("StopTransaction") == 1)
     stop = csms.received("StopTransaction")[0]
     assert stop["reason"] == "Local" and stop["transactionData"]
-    measurands = {s.get("measurand") for s in stop["transactionData"][0]["sampledValue"]}
+    begin, end = stop["transactionData"][0], stop["transactionData"][-1]
+    assert {s["context"] for s in begin["sampledValue"]} == {"Transaction.Begin"}
+    assert {s["context"] for s in end["sampledValue"]} == {"Transaction.End"}
+    measurands = {s.get("measurand") for s in end["sampledValue"]}
     assert "Energy.Active.Import.Register" in measurands
-    mv = csms.received("MeterValues")[0]
+    start_mv, mv = csms.received("MeterValues")[0], csms.received("MeterValues")[1]
+    assert {s["context"] for s in start_mv["meterValue"][0]["sampledValue"]} == {"Transaction.Begin"}
     assert {s.get("measurand") for s in mv["meterValue"][0]["sampledValue"]} >= {
         "Energy.Active.Import.Register",
         "Power.Active.Import",
@@ -105,7 +110,7 @@ async def test_every_frame_the_charger_sends_is_schema_valid(strict: StrictHarne
     assert (await strict.call("TriggerMessage", {"requestedMessage": "MeterValues", "connectorId": 1}))[
         "status"
     ] == "Accepted"
-    await csms.wait_for(lambda: csms.count("MeterValues") == 2)
+    await csms.wait_for(lambda: csms.count("MeterValues") == 4)
     assert (await strict.call("RemoteStopTransaction", {"transactionId": tx_id}))["status"] == "Accepted"
     await strict.advance(0.5)
     await csms.wait_for(lambda: csms.count("StopTransaction") == 2)

@@ -238,8 +238,9 @@ def _ftp_error(exc: BaseException) -> UploadError:
     return UploadError("failure", f"FTP: {type(exc).__name__}: {text}")
 
 
-def _ftp_open(loc: Location, *, timeout_s: float, ca_file: str) -> ftplib.FTP:
-    """Connected, logged in (anonymous without credentials), passive, in the target directory."""
+def ftp_open(loc: Location, *, timeout_s: float, ca_file: str) -> ftplib.FTP:
+    """Connected, logged in (anonymous without credentials), passive, in the directory ``loc.path`` names (every
+    segment is a CWD). Shared with the firmware download, which passes the directory of the file it fetches."""
     ftp: ftplib.FTP
     if loc.scheme == "ftps":
         ftp = ftplib.FTP_TLS(context=_tls_context(ca_file), timeout=timeout_s)
@@ -263,7 +264,7 @@ def _ftp_upload(path: Path, loc: Location, filename: str, *, guard: _Guard, time
     temporary = filename + PART_SUFFIX
     stored = False
     try:
-        ftp = _ftp_open(loc, timeout_s=timeout_s, ca_file=ca_file)
+        ftp = ftp_open(loc, timeout_s=timeout_s, ca_file=ca_file)
     except BaseException as exc:
         raise _ftp_error(exc) from None
     try:
@@ -284,7 +285,7 @@ def _ftp_upload(path: Path, loc: Location, filename: str, *, guard: _Guard, time
 def _ftp_delete(loc: Location, name: str, *, timeout_s: float, ca_file: str) -> None:
     """Best effort: remove a temporary file after a failed upload (a fresh connection; errors ignored)."""
     try:
-        ftp = _ftp_open(loc, timeout_s=min(timeout_s, 30.0), ca_file=ca_file)
+        ftp = ftp_open(loc, timeout_s=min(timeout_s, 30.0), ca_file=ca_file)
     except Exception:
         return
     try:

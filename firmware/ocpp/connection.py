@@ -307,6 +307,9 @@ class OcppConnection:
         self.reconnects = 0
         self.connections = 0
         self._listeners: list[Callable[[ConnectionState], None]] = []
+        #: ``(kind, reason)`` when an attempt fails for a security reason: "authentication" (HTTP 401/403 on the
+        #: upgrade: the CSMS refused our credentials) or "certificate" (the CSMS's TLS certificate did not verify).
+        self.on_security_failure: Callable[[str, str], None] | None = None
         self._ws: ClientConnection | None = None
         self._drop_reason: str | None = None
         self._running = False
@@ -410,6 +413,18 @@ class OcppConnection:
                 text += f" ({type(cause).__name__}: {cause})"
         return self._scrub(text)[:300]
 
+    def _report_security_failure(self, exc: BaseException, reason: str) -> None:
+        kind = None
+        if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+            kind = "authentication"
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            kind = "certificate"
+        if kind is not None and self.on_security_failure is not None:
+            try:
+                self.on_security_failure(kind, reason)
+            except Exception:
+                log.exception("security failure listener failed")
+
     def _fail(self, reason: str) -> None:
         self.last_error = reason
         log.warning("CSMS connection to %s failed: %s", self.url, reason)
@@ -454,7 +469,9 @@ class OcppConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._fail(self._describe(exc))
+            reason = self._describe(exc)
+            self._fail(reason)
+            self._report_security_failure(exc, reason)
             return False
         try:
             if ws.subprotocol != self.subprotocol:

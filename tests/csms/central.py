@@ -176,6 +176,10 @@ class CentralChargePoint(ChargePoint):
     def on_signed_firmware_status_notification(self, **kwargs: Any) -> call_result.SignedFirmwareStatusNotification:
         return call_result.SignedFirmwareStatusNotification()
 
+    @on(Action.security_event_notification)
+    def on_security_event_notification(self, **kwargs: Any) -> call_result.SecurityEventNotification:
+        return call_result.SecurityEventNotification()
+
 
 class TestCentralSystem:
     """An OCPP 1.6J central system on 127.0.0.1 for tests. Not a test class (``__test__ = False``)."""
@@ -195,6 +199,7 @@ class TestCentralSystem:
         self.delay: float = 0.0
         self.stall: bool = False
         self.refuse: bool = False
+        self.refuse_status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE  # e.g. UNAUTHORIZED: refused credentials
         # Authorize / StartTransaction / StopTransaction idTagInfo
         self.default_auth_status: AuthorizationStatus | str = AuthorizationStatus.accepted
         self.id_tags: dict[str, AuthorizationStatus | str] = {}
@@ -258,7 +263,7 @@ class TestCentralSystem:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.refuse:
             self.refused += 1
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+            return connection.respond(self.refuse_status, f"{self.refuse_status.phrase}\n")
         return None
 
     async def _handler(self, connection: ServerConnection) -> None:

@@ -166,6 +166,7 @@ def build(
         firmware_version=firmware_version,
         restart=restart,
     )
+    service.firmware.security_event = service.security.record
     pricing = PricingService(
         configuration=configuration,
         transactions=service.transactions,

@@ -394,7 +394,9 @@ KEYS: Final[tuple[KeySpec, ...]] = (
     ),
     _bool("StopTransactionOnInvalidId", True, doc="stop when StartTransaction.conf is not Accepted"),
     *_measurand_keys("StopTxnAlignedData", "", "clock-aligned measurands in StopTransaction.req"),
-    *_measurand_keys("StopTxnSampledData", "", "sampled measurands in StopTransaction.req"),
+    *_measurand_keys(
+        "StopTxnSampledData", "Energy.Active.Import.Register", "Transaction.Begin/End measurands in StopTransaction.req"
+    ),
     KeySpec(
         "SupportedFeatureProfiles",
         "csl",

@@ -7,6 +7,7 @@ every phase the meter has (1.6 §3.16.3). Energy is always the import register, 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -96,17 +97,29 @@ def meter_value(
     return {"timestamp": iso(timestamp), "sampledValue": sampled}
 
 
-def signed_meter_value(register_wh: float, signed: str, at: datetime, context: str) -> dict[str, Any]:
-    """A MeterValue with the import register and the meter's own signed record of it (OCPP 1.6 ``SignedData``).
+def transaction_meter_value(
+    register_wh: float,
+    reading: MeterReading | None,
+    measurands: Iterable[str],
+    at: datetime,
+    context: str,
+    *,
+    signed: str | None = None,
+    offered_a: float | None = None,
+) -> dict[str, Any] | None:
+    """A Transaction.Begin or Transaction.End MeterValue whose register is exactly meterStart or meterStop.
 
-    The signed record travels as the meter produced it (OCMF text); the CSMS and the driver's transparency
-    software verify it with the meter's public key, which travels apart from it.
+    The other measurands come from ``reading`` (the meter's latest); without one only the register can be
+    reported. A signed record, when the meter made one, goes with its register value whatever the measurands.
     """
-    common = {"context": context, "measurand": "Energy.Active.Import.Register", "location": "Outlet"}
-    return {
-        "timestamp": iso(at),
-        "sampledValue": [
-            {"value": str(round(register_wh)), **common, "unit": "Wh"},
-            {"value": signed, **common, "format": "SignedData"},
-        ],
-    }
+    names = list(measurands)
+    if signed is not None and "Energy.Active.Import.Register" not in names:
+        names.insert(0, "Energy.Active.Import.Register")
+    if reading is None:
+        reading = MeterReading((None, None, None), (None, None, None), (None, None, None), 0.0, register_wh)
+        names = [n for n in names if n == "Energy.Active.Import.Register"]
+    reading = replace(reading, energy_import_wh=round(register_wh), signed_data=signed)
+    sampled = sampled_values(reading, names, context=context, offered_a=offered_a)
+    if not sampled:
+        return None
+    return {"timestamp": iso(at), "sampledValue": sampled}

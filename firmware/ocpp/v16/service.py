@@ -34,6 +34,7 @@ from firmware.ocpp.v16.firmware import OcppFirmware
 from firmware.ocpp.v16.link import CentralSystemLink
 from firmware.ocpp.v16.meter_values import iso
 from firmware.ocpp.v16.pricing import PricingService
+from firmware.ocpp.v16.security_events import SecurityEvents
 from firmware.ocpp.v16.smart_charging import SmartCharging
 from firmware.ocpp.v16.transactions import CONNECTOR, TransactionReporter
 from firmware.session import SessionManager
@@ -143,6 +144,11 @@ class OcppService:
         self.call_observer: CallObserver | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._boot_hooks: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.security = SecurityEvents(outbox=outbox, clock=clock, kick=self._kick.set, sender=self)
+        self.security.online = lambda: self.online
+        self.on_boot_accepted(self.security.flush)
+        connection.on_security_failure = self._on_connection_security_failure
+        configuration.subscribe(self._on_security_key_changed)
         # Set by the assembly once the service exists (both send through it).
         self.diagnostics: OcppDiagnostics | None = None
         self.firmware: OcppFirmware | None = None
@@ -193,9 +199,18 @@ class OcppService:
             log.warning("%s failed: %s", type(payload).__name__, type(exc).__name__)
             return None
 
+    def _on_connection_security_failure(self, kind: str, reason: str) -> None:
+        event = "FailedToAuthenticateAtCentralSystem" if kind == "authentication" else "InvalidCentralSystemCertificate"
+        self.security.record(event, reason)
+
+    def _on_security_key_changed(self, key: str, value: object) -> None:
+        if key in ("AuthorizationKey", "SecurityProfile"):
+            self.security.record("ReconfigurationOfSecurityParameters", f"{key} changed by the CSMS")
+
     # ---- running ------------------------------------------------------------------------
     async def run(self) -> None:
         """The CSMS link and, beside it, the smart-charging claim (profiles are local: it runs offline too)."""
+        self.security.record("StartupOfTheDevice", f"pievse {self.firmware_version} started")
         async with asyncio.TaskGroup() as group:
             group.create_task(self.smart_charging.run(), name="ocpp-smart-charging")
             await self.transactions.recover_power_loss()
@@ -426,6 +441,7 @@ class OcppService:
         return "Accepted"
 
     async def reset(self, kind: str) -> None:
+        self.security.record("ResetOrReboot", f"{kind} reset requested by the CSMS")
         reason = StopReason.HARD_RESET if kind == "Hard" else StopReason.SOFT_RESET
         if self.controller.connector.request_stop(reason, f"{kind} reset"):
             self.controller.wake()

@@ -21,7 +21,7 @@ from firmware.charging.controller import ChargingController
 from firmware.metering import MeterSampler
 from firmware.ocpp.outbox import Outbox
 from firmware.ocpp.v16.configuration import Configuration
-from firmware.ocpp.v16.meter_values import iso, meter_value, signed_meter_value
+from firmware.ocpp.v16.meter_values import iso, meter_value, transaction_meter_value
 from firmware.session import SessionManager, SessionRecord
 from hal.clock import Clock
 from hal.interfaces import MeterReading
@@ -59,6 +59,8 @@ class TransactionReporter:
         self.kick = kick
         #: Clock-aligned samples of the running transaction, for StopTxnAlignedData.
         self._aligned_for_stop: list[dict[str, Any]] = []
+        #: The Transaction.Begin reading per StopTxnSampledData, kept for its StopTransaction (by transaction ref).
+        self._begin_for_stop: dict[int, dict[str, Any]] = {}
         #: (transaction ref, register Wh at which to stop) after an idTag was found invalid (MaxEnergyOnInvalidId).
         self._energy_cap: tuple[int, float] | None = None
         self._ended_listeners: list[Callable[[int], None]] = []
@@ -96,14 +98,33 @@ class TransactionReporter:
         if record.reservation_id is not None:
             payload["reservationId"] = record.reservation_id
         self.outbox.enqueue("StartTransaction", payload, transaction_ref=ref)
-        if record.signed_start is not None:
-            # The meter's signed begin record (and the register it signs) right after StartTransaction.
-            begin = signed_meter_value(meter_start, record.signed_start, record.started_at, "Transaction.Begin")
+        # The readings at the start (Transaction.Begin), their register exactly meterStart, right after
+        # StartTransaction; with a signing meter its signed begin record travels with them.
+        latest = self.sampler.latest
+        begin = transaction_meter_value(
+            meter_start,
+            latest,
+            self.configuration.get_list("MeterValuesSampledData"),
+            record.started_at,
+            "Transaction.Begin",
+            signed=record.signed_start,
+            offered_a=self.controller.offered_a,
+        )
+        if begin is not None:
             self.outbox.enqueue(
                 "MeterValues",
                 {"connectorId": CONNECTOR, "transactionId": 0, "meterValue": [begin]},
                 transaction_ref=ref,
             )
+        for_stop = transaction_meter_value(
+            meter_start,
+            latest,
+            self.configuration.get_list("StopTxnSampledData"),
+            record.started_at,
+            "Transaction.Begin",
+        )
+        if for_stop is not None:
+            self._begin_for_stop[ref] = for_stop
         self.kick()
 
     def on_session_finished(self, record: SessionRecord) -> None:
@@ -114,7 +135,14 @@ class TransactionReporter:
         meter_stop = record.meter_stop_wh if record.meter_stop_wh is not None else (record.meter_start_wh or 0.0)
         self.outbox.end_transaction(ref, meter_stop, stopped, record.stop_reason or "Other")
         self._enqueue_stop(
-            ref, meter_stop, stopped, record.stop_reason or "Other", record.id_tag, signed_stop=record.signed_stop
+            ref,
+            meter_stop,
+            stopped,
+            record.stop_reason or "Other",
+            record.id_tag,
+            signed_stop=record.signed_stop,
+            meter_start=record.meter_start_wh or 0.0,
+            started=record.started_at,
         )
         self._ended(ref)
 
@@ -127,7 +155,10 @@ class TransactionReporter:
         id_tag: str | None,
         *,
         signed_stop: str | None = None,
+        meter_start: float = 0.0,
+        started: datetime | None = None,
     ) -> None:
+        """StopTransaction; its transactionData: Transaction.Begin, the aligned samples, Transaction.End."""
         payload: dict[str, Any] = {
             "transactionId": 0,
             "meterStop": round(meter_stop),
@@ -136,16 +167,18 @@ class TransactionReporter:
         }
         if id_tag:
             payload["idTag"] = id_tag
-        data: list[dict[str, Any]] = list(self._aligned_for_stop)
-        self._aligned_for_stop = []
         measurands = self.configuration.get_list("StopTxnSampledData")
-        latest = self.sampler.latest
-        if measurands and latest is not None:
-            value = meter_value(latest, measurands, stopped, context="Transaction.End")
-            if value is not None:
-                data.append(value)
-        if signed_stop is not None:
-            data.append(signed_meter_value(meter_stop, signed_stop, stopped, "Transaction.End"))
+        begin = self._begin_for_stop.pop(ref, None)
+        if begin is None and started is not None:
+            begin = transaction_meter_value(meter_start, None, measurands, started, "Transaction.Begin")
+        data: list[dict[str, Any]] = [begin] if begin is not None and measurands else []
+        data += self._aligned_for_stop
+        self._aligned_for_stop = []
+        end = transaction_meter_value(
+            meter_stop, self.sampler.latest, measurands, stopped, "Transaction.End", signed=signed_stop
+        )
+        if end is not None:
+            data.append(end)
         if data:
             payload["transactionData"] = data
         self.outbox.enqueue("StopTransaction", payload, transaction_ref=ref)
@@ -164,7 +197,9 @@ class TransactionReporter:
             now = self.clock.now()
             log.warning("transaction %s (%s) was cut by a power loss: stopping it", tx.ref, tx.id_tag)
             self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
-            self._enqueue_stop(tx.ref, meter_stop, now, "PowerLoss", tx.id_tag)
+            self._enqueue_stop(
+                tx.ref, meter_stop, now, "PowerLoss", tx.id_tag, meter_start=tx.meter_start_wh, started=tx.started_at
+            )
             self._ended(tx.ref)
 
     def sample_meter_values(
