@@ -156,6 +156,7 @@ class ChargePointApp:
             evse_suspended=lambda: self.controller.connector.status is Status.SUSPENDED_EVSE,
         )
         if self.ocpp is not None:
+            self.ocpp.service.transactions.power_loss_time = self.ledger.power_loss_stop
             self.ocpp.pricing.on_final_cost(
                 lambda final, ref: self.ledger.set_backend_cost(
                     ref, final.cost, {"priceText": final.price_text, "transactionId": final.transaction_id}

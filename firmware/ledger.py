@@ -94,6 +94,18 @@ class SessionLedger:
             log.warning("ledger: session %d was cut by a power loss; closed at its last record (%s)", row_id, stopped)
         return len(rows)
 
+    def power_loss_stop(self, transaction_ref: int) -> datetime | None:
+        """When :meth:`recover` closed the session of this OCPP transaction: its last record before the cut.
+
+        The OCPP recovery stops the transaction at the same moment, so the CSMS and the ledger bill the same time.
+        """
+        row = self.store.conn.execute(
+            "SELECT stopped_at FROM sessions WHERE transaction_ref = ? AND stop_reason = 'PowerLoss'"
+            " ORDER BY id DESC LIMIT 1",
+            (transaction_ref,),
+        ).fetchone()
+        return None if row is None or row[0] is None else datetime.fromisoformat(row[0])
+
     # ---- the running session ---------------------------------------------------------------------------
     def on_session_started(self, record: SessionRecord) -> None:
         now = record.started_at

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ async def test_kill_9_mid_transaction_offline_then_restart(central_system: TestC
     assert len(open_tx) == 1 and open_tx[0][0] == queued[0][1] and open_tx[0][1] == "FREEVEND"
 
     csms.refuse = False
+    restarted = datetime.now(UTC)
     proc = start()
     try:
         await _poll(lambda: csms.count("StopTransaction") >= 1, 20, "StopTransaction after restart", proc)
@@ -169,6 +171,12 @@ async def test_kill_9_mid_transaction_offline_then_restart(central_system: TestC
     assert _rows(db, "SELECT COUNT(*) FROM outbox") == [(0,)]
     assert _rows(db, "SELECT COUNT(*) FROM transactions WHERE stopped_at IS NULL") == [(0,)]
     assert _rows(db, "SELECT transaction_id, stop_reason FROM transactions") == [(1, "PowerLoss")]
+    # The CSMS and the ledger agree on when the transaction ended: its last record before the kill, not the restart.
+    ((ledger_stop, ledger_reason),) = _rows(db, "SELECT stopped_at, stop_reason FROM sessions")
+    assert ledger_reason == "PowerLoss"
+    stop_at = datetime.fromisoformat(stops[0]["timestamp"])
+    assert abs((stop_at - datetime.fromisoformat(ledger_stop)).total_seconds()) < 0.001  # the wire has milliseconds
+    assert stop_at < restarted
 
 
 # ------------------------------------------------------------------------------------------------ b. stall

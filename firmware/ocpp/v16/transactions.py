@@ -64,6 +64,8 @@ class TransactionReporter:
         #: (transaction ref, register Wh at which to stop) after an idTag was found invalid (MaxEnergyOnInvalidId).
         self._energy_cap: tuple[int, float] | None = None
         self._ended_listeners: list[Callable[[int], None]] = []
+        #: When a transaction a power cut interrupted really ended (the ledger's last record), if known.
+        self.power_loss_time: Callable[[int], datetime | None] = lambda ref: None
         #: Set when the CSMS changes an interval: the loops re-plan at once instead of finishing the old wait.
         self._sample_interval_changed = asyncio.Event()
         self._aligned_interval_changed = asyncio.Event()
@@ -194,11 +196,20 @@ class TransactionReporter:
                 meter_stop = register
             else:
                 log.warning("meter register unavailable or behind the transaction start: meterStop = meterStart")
+            # Stopped when the charger was last known to run (not now: the driver did not charge through the cut).
             now = self.clock.now()
-            log.warning("transaction %s (%s) was cut by a power loss: stopping it", tx.ref, tx.id_tag)
-            self.outbox.end_transaction(tx.ref, meter_stop, now, "PowerLoss")
+            last_alive = self.power_loss_time(tx.ref)
+            stopped = last_alive if last_alive is not None and tx.started_at <= last_alive <= now else now
+            log.warning("transaction %s (%s) was cut by a power loss: stopping it at %s", tx.ref, tx.id_tag, stopped)
+            self.outbox.end_transaction(tx.ref, meter_stop, stopped, "PowerLoss")
             self._enqueue_stop(
-                tx.ref, meter_stop, now, "PowerLoss", tx.id_tag, meter_start=tx.meter_start_wh, started=tx.started_at
+                tx.ref,
+                meter_stop,
+                stopped,
+                "PowerLoss",
+                tx.id_tag,
+                meter_start=tx.meter_start_wh,
+                started=tx.started_at,
             )
             self._ended(tx.ref)
 
