@@ -66,6 +66,7 @@ class SecurityEvents:
         self._sender = sender
         self._pending: deque[dict[str, str]] = deque(maxlen=PENDING_MAX)
         self._flushing: asyncio.Task[None] | None = None
+        self._sending = asyncio.Lock()  # a boot's flush and a new event's flush never send the same event twice
         self.online: Callable[[], bool] = lambda: False
 
     @property
@@ -98,14 +99,15 @@ class SecurityEvents:
 
     async def flush(self) -> None:
         """Send the held non-critical events, oldest first; stop at the first that cannot be delivered."""
-        while self._pending:
-            payload = self._pending[0]
-            result = await self._sender.send_live(
-                call.SecurityEventNotification(
-                    type=payload["type"], timestamp=payload["timestamp"], tech_info=payload.get("techInfo")
+        async with self._sending:
+            while self._pending:
+                payload = self._pending[0]
+                result = await self._sender.send_live(
+                    call.SecurityEventNotification(
+                        type=payload["type"], timestamp=payload["timestamp"], tech_info=payload.get("techInfo")
+                    )
                 )
-            )
-            if result is None:
-                return
-            if self._pending and self._pending[0] is payload:
-                self._pending.popleft()
+                if result is None:
+                    return
+                if self._pending and self._pending[0] is payload:
+                    self._pending.popleft()
