@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from firmware import sdnotify, version
-from firmware.aio import wait_event
 from firmware.api import ApiError, ControlServer
 from firmware.auth import AllowlistAuthorizer, Authorizer, FreeAuthorizer
 from firmware.backends import build_hardware, unsupported
@@ -403,11 +402,19 @@ class ChargePointApp:
     # ---- running ------------------------------------------------------------------------
     async def _tick_sim(self, bench: SimBench) -> None:
         """Move the simulated EV along; an unplugged EV does nothing by itself, so tick rarely then."""
+        loop = asyncio.get_running_loop()
+        changed = self._sim_changed
         while True:
             bench.tick()
-            self._sim_changed.clear()
+            changed.clear()
             interval = self.sim_tick_s if bench.ev.plugged else max(self.sim_tick_s, 1.0)
-            await wait_event(self._sim_changed, interval)
+            # A bench change or the interval, whichever comes first. The event is ours alone, so the timer may set
+            # it: cheaper than wait_event's timeout scope, and the next round clears it either way.
+            timer = loop.call_later(interval, changed.set)
+            try:
+                await changed.wait()
+            finally:
+                timer.cancel()
 
     async def _announce_ready(self) -> None:
         """READY=1 once the first control step has put pilot and contactor in their safe state."""

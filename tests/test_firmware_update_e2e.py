@@ -364,6 +364,8 @@ async def test_signed_update_firmware_against_the_strict_csms(
             assert answer == {"status": "Accepted"}
             await csms.wait_for(lambda: h.app.restart_requested is not None, 60)
             assert h.app.restart_requested == "Firmware"
+            # The charger had its answer before restarting; the strict CSMS's frame log (its stdout) may lag behind.
+            await csms.wait_for(lambda: "InstallRebooting" in signed_statuses(csms, 6), 5)
             assert signed_statuses(csms, 6) == [
                 "Downloading",
                 "Downloaded",

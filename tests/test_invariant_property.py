@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rig import Rig
 
-from firmware.charging.connector import StopReason
+from firmware.charging.connector import Connector, StopReason
 from hal.iec61851 import current_for_duty
 
 #: Faults the controller must act on in the same step; weld and stuck-open are only knowable after
@@ -148,3 +148,34 @@ def test_the_random_sequences_do_reach_charging() -> None:
     if not CLOSED_STEPS:
         test_contactor_invariant_and_duty_rule_hold_for_random_sequences()
     assert sum(1 for n in CLOSED_STEPS if n > 0) >= 20
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    actions=st.lists(st.one_of(action, benign), min_size=1, max_size=40),
+    ventilation_allowed=st.booleans(),
+    cable=st.sampled_from([13.0, 32.0, None]),
+)
+def test_the_connector_pre_check_never_skips_a_rule_that_would_fire(
+    actions: list[tuple[object, ...]], ventilation_allowed: bool, cable: float | None
+) -> None:
+    """The step's shortcut (no rule matches: skip the state machine) must agree with the machine: whenever the
+    shortcut says no rule matches, the machine's own evaluate fires nothing either."""
+    original = Connector._any_rule_matches
+    checked = [0, 0]
+
+    def checking(self: Connector) -> bool:
+        matches = original(self)
+        checked[matches] += 1
+        if not matches:
+            before = self.state
+            assert self.evaluate() is False, f"a rule fires in {before} that the pre-check missed"
+            assert self.state == before
+        return matches
+
+    Connector._any_rule_matches = checking  # type: ignore[method-assign]
+    try:
+        asyncio.run(play([("plug",), ("authorize",), ("advance", 2.0), *actions], ventilation_allowed, cable))
+    finally:
+        Connector._any_rule_matches = original  # type: ignore[method-assign]
+    assert checked[0] > 0  # the shortcut was taken (and checked) in every run

@@ -222,8 +222,11 @@ class SimBench:
         switch_at = self.contactor.switch_at
         if self.ev.time < switch_at < now:
             self._update_ev(switch_at)  # the contacts moved in between: the EV sees it then
-        self._update_ev(now)
-        self._update_ev(now)  # record the inputs as they are now (zero-length step)
+        held = self._update_ev(now)
+        if self.contactor.physical(self.ev.time) != held:
+            # Record the inputs as they are now (zero-length step). With the same inputs it would only settle
+            # the EV again at the instant it was just settled at, which changes nothing: skipped then.
+            self._update_ev(now)
         seen = self._observed()
         changed = seen != self._seen
         self._seen = seen
@@ -256,10 +259,11 @@ class SimBench:
             self._import_wh += max(first, second)
             self._export_wh -= min(first, second)
 
-    def _update_ev(self, until: float) -> None:
-        """Advance the EV with the inputs that held since its last update."""
+    def _update_ev(self, until: float) -> bool:
+        """Advance the EV with the inputs that held since its last update; returns the contacts' state it used."""
         mains = self.contactor.physical(self.ev.time)
         self.ev.update(until, self.pilot.duty, mains, self.voltage_v)
+        return mains
 
     def _apply(self, action: Callable[[], None]) -> None:
         """Run a change at the present instant: catch up first, apply, re-settle, notify."""
