@@ -555,3 +555,25 @@ def test_package_command_builds_and_shows(tmp_path: Path, pki: Pki, capsys: pyte
     shown = capsys.readouterr().out
     assert '"requirement": "pievse[pi]==0.2.0"' in shown and "signed: yes" in shown
     assert package.main(["build", "--wheel-dir", str(tmp_path), "--out", str(out)]) == 1  # no pievse wheel there
+
+
+async def test_extended_trigger_status_follows_the_running_job(tmp_path: Path) -> None:
+    """ExtendedTriggerMessage FirmwareStatusNotification: the running job's status, with its requestId if signed."""
+    from dataclasses import replace
+
+    from firmware.ocpp.v16.firmware import Job
+
+    fw, _ = service(tmp_path)
+    assert fw.signed_status() == ("Idle", None)
+    running = asyncio.Event()
+    fw.job = Job("j", "http://h/p", "2026-01-01T00:00:00+00:00", 0, 0, signed=True, request_id=7)
+    fw._task = asyncio.create_task(running.wait())
+    fw.current = "Downloading"
+    try:
+        assert fw.signed_status() == ("Downloading", 7)
+        fw.job = replace(fw.job, signed=False, request_id=None)
+        assert fw.signed_status() == ("Downloading", None)
+    finally:
+        running.set()
+        await fw._task
+    assert fw.signed_status() == ("Idle", None)  # the job's task has ended

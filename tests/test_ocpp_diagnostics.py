@@ -265,9 +265,14 @@ async def test_get_log_http_failure_after_retries(harness: Harness, http: Any) -
         ),
     )
     await csms.wait_for(lambda: harness.diagnostics.next_attempt_at("log"))
-    await harness.advance(5.0, dt=1.0)
+    # Waiting to retry is still uploading: ExtendedTriggerMessage reports it with the GetLog's requestId.
+    trigger = await csms.call(CP, call.ExtendedTriggerMessage(requested_message="LogStatusNotification"))
+    assert trigger.status == "Accepted"
     await csms.wait_for(lambda: len(harness.log_statuses()) == 2)
-    assert harness.log_statuses() == [(10, "Uploading"), (10, "UploadFailure")] and http.requests == 2
+    await harness.advance(5.0, dt=1.0)
+    await csms.wait_for(lambda: len(harness.log_statuses()) == 3)
+    assert harness.log_statuses() == [(10, "Uploading"), (10, "Uploading"), (10, "UploadFailure")]
+    assert http.requests == 2
 
 
 @pytest.mark.parametrize(

@@ -222,3 +222,36 @@ async def test_trigger_meter_values_outside_a_transaction_sends_one(strict: Stri
     await csms.wait_for(lambda: csms.count("MeterValues") == 1, timeout=2.0)
     assert "transactionId" not in csms.received("MeterValues")[0]
     assert [v for v in csms.violations if v["client"] == CP] == []
+
+
+async def test_extended_trigger_message_sends_the_security_extension_messages(strict: StrictHarness) -> None:
+    """ExtendedTriggerMessage: SignedFirmwareStatusNotification and LogStatusNotification (Idle, no requestId while
+    nothing runs), the 1.6 messages as TriggerMessage sends them, SignChargePointCertificate NotImplemented."""
+    csms = strict.csms
+    await csms.wait_for(lambda: csms.count("StatusNotification") >= 2)
+    await strict.settle()
+
+    async def trigger(message: str, **extra: Any) -> str:
+        answer = await strict.call("ExtendedTriggerMessage", {"requestedMessage": message, **extra})
+        return str(answer["status"])
+
+    assert await trigger("FirmwareStatusNotification") == "Accepted"
+    await csms.wait_for(lambda: csms.count("SignedFirmwareStatusNotification") == 1)
+    assert csms.received("SignedFirmwareStatusNotification") == [{"status": "Idle"}]
+    assert await trigger("LogStatusNotification") == "Accepted"
+    await csms.wait_for(lambda: csms.count("LogStatusNotification") == 1)
+    assert csms.received("LogStatusNotification") == [{"status": "Idle"}]
+    heartbeats = csms.count("Heartbeat")
+    assert await trigger("Heartbeat") == "Accepted"
+    await csms.wait_for(lambda: csms.count("Heartbeat") == heartbeats + 1)
+    statuses = csms.count("StatusNotification")
+    assert await trigger("StatusNotification", connectorId=1) == "Accepted"
+    await csms.wait_for(lambda: csms.count("StatusNotification") == statuses + 1)
+    assert csms.received("StatusNotification")[-1]["connectorId"] == 1
+    assert await trigger("MeterValues", connectorId=1) == "Accepted"
+    await csms.wait_for(lambda: csms.count("MeterValues") == 1)
+    assert await trigger("SignChargePointCertificate") == "NotImplemented"
+    assert await trigger("Heartbeat", connectorId=2) == "Rejected"
+    await strict.settle()
+    assert csms.count("Heartbeat") == heartbeats + 1  # the refused ones sent nothing
+    assert [v for v in csms.violations if v["client"] == CP] == []

@@ -117,6 +117,12 @@ class OcppDiagnostics:
         """1.6 §4.4: Uploading while a GetDiagnostics upload is busy (retry waits included), Idle otherwise."""
         return "Uploading" if "diagnostics" in self._slots else "Idle"
 
+    def log_status(self) -> tuple[str, int | None]:
+        """What an ExtendedTriggerMessage LogStatusNotification reports: Uploading with the GetLog's requestId while
+        its upload is busy (retry waits included), Idle without one otherwise."""
+        job = self._slots.get("log")
+        return ("Uploading", job.request_id) if job is not None else ("Idle", None)
+
     def busy(self, slot: str) -> bool:
         return slot in self._slots or slot in self._pending
 

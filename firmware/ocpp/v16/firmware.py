@@ -31,9 +31,10 @@ Statuses go out live (``send_live``), in order, one at a time; one that cannot b
 until a CSMS has acknowledged it and re-sent after every accepted BootNotification.
 
 A new request while one is downloading replaces it (signed: AcceptedCanceled); once the install has begun, a new
-signed request is Rejected and a plain one is ignored (UpdateFirmware.conf has no status). Not done: revocation
-checks (RevokedCertificate), SecurityEventNotification (InvalidFirmwareSignature / InvalidFirmwareSigningCertificate)
-and ExtendedTriggerMessage for SignedFirmwareStatusNotification.
+signed request is Rejected and a plain one is ignored (UpdateFirmware.conf has no status). The security events
+(InvalidFirmwareSigningCertificate, InvalidFirmwareSignature, FirmwareUpdated) go through ``security_event``;
+ExtendedTriggerMessage FirmwareStatusNotification reports :meth:`OcppFirmware.signed_status`. Not done: revocation
+checks (RevokedCertificate).
 """
 
 from __future__ import annotations
@@ -242,6 +243,14 @@ class OcppFirmware:
             return "Idle"
         plain = TRIGGER.get(self.current) or PLAIN.get(self.current) or "Idle"
         return plain
+
+    def signed_status(self) -> tuple[str, int | None]:
+        """What an ExtendedTriggerMessage FirmwareStatusNotification reports (as SignedFirmwareStatusNotification):
+        the job's present status and, for a signed job, its requestId; Idle when nothing is going on."""
+        job = self.job
+        if not self.busy or job is None:
+            return "Idle", None
+        return self.current, job.request_id if job.signed else None
 
     @property
     def busy(self) -> bool:

@@ -192,3 +192,14 @@ class CentralSystemLink(DiagnosticsHandlers, FirmwareHandlers, ChargePoint):  # 
     @after(Action.trigger_message)
     async def after_trigger_message(self, requested_message: str, connector_id: int | None = None, **kw: Any) -> None:
         await self.service.trigger(requested_message, connector_id)
+
+    @on(Action.extended_trigger_message)
+    def on_extended_trigger_message(self, requested_message: str, connector_id: int | None = None, **kw: Any) -> Any:
+        status = self.service.extended_trigger_status(requested_message, connector_id)
+        return call_result.ExtendedTriggerMessage(status=status)
+
+    @after(Action.extended_trigger_message)
+    async def after_extended_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **kw: Any
+    ) -> None:
+        await self.service.extended_trigger(requested_message, connector_id)

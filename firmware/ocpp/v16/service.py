@@ -64,6 +64,17 @@ TRIGGERABLE: Final = (
     "StatusNotification",
 )
 
+#: ExtendedTriggerMessage (security extension): the same, with the security messages in place of the 1.6 ones.
+#: SignChargePointCertificate is NotImplemented: this charger has no certificate management (no CSR).
+EXTENDED_TRIGGERABLE: Final = (
+    "BootNotification",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "LogStatusNotification",
+    "MeterValues",
+    "StatusNotification",
+)
+
 
 @functools.lru_cache(maxsize=512)
 def _snake(key: str) -> str:
@@ -533,6 +544,24 @@ class OcppService:
             status = self.firmware.status() if self.firmware is not None else "Idle"
             await self._call(self.link, call.FirmwareStatusNotification(status=status))
         self._kick.set()
+
+    def extended_trigger_status(self, message: str, connector_id: int | None) -> str:
+        if connector_id not in (None, 0, CONNECTOR):
+            return "Rejected"
+        return "Accepted" if message in EXTENDED_TRIGGERABLE else "NotImplemented"
+
+    async def extended_trigger(self, message: str, connector_id: int | None) -> None:
+        """The messages the security extension names: its own status notifications, the rest as TriggerMessage."""
+        if message not in EXTENDED_TRIGGERABLE or connector_id not in (None, 0, CONNECTOR):
+            return
+        if message == "FirmwareStatusNotification":
+            status, request_id = self.firmware.signed_status() if self.firmware is not None else ("Idle", None)
+            await self.send_live(call.SignedFirmwareStatusNotification(status=status, request_id=request_id))
+        elif message == "LogStatusNotification":
+            status, request_id = self.diagnostics.log_status() if self.diagnostics is not None else ("Idle", None)
+            await self.send_live(call.LogStatusNotification(status=status, request_id=request_id))
+        else:
+            await self.trigger(message, connector_id)
 
     def reserve_now(
         self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int, parent_id_tag: str | None
