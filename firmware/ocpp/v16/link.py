@@ -195,7 +195,7 @@ class CentralSystemLink(DiagnosticsHandlers, FirmwareHandlers, ChargePoint):  # 
 
     @on(Action.extended_trigger_message)
     def on_extended_trigger_message(self, requested_message: str, connector_id: int | None = None, **kw: Any) -> Any:
-        status = self.service.extended_trigger_status(requested_message, connector_id)
+        status = self.service.trigger_status(requested_message, connector_id, extended=True)
         return call_result.ExtendedTriggerMessage(status=status)
 
     @after(Action.extended_trigger_message)

@@ -518,13 +518,14 @@ class OcppService:
         self.local_list.set_version(version)
         return "Accepted"
 
-    def trigger_status(self, message: str, connector_id: int | None) -> str:
+    def trigger_status(self, message: str, connector_id: int | None, *, extended: bool = False) -> str:
+        """The TriggerMessage.conf (``extended``: ExtendedTriggerMessage.conf) status."""
         if connector_id not in (None, 0, CONNECTOR):
             return "Rejected"
-        return "Accepted" if message in TRIGGERABLE else "NotImplemented"
+        return "Accepted" if message in (EXTENDED_TRIGGERABLE if extended else TRIGGERABLE) else "NotImplemented"
 
     async def trigger(self, message: str, connector_id: int | None) -> None:
-        if message not in TRIGGERABLE or connector_id not in (None, 0, CONNECTOR):
+        if self.trigger_status(message, connector_id) != "Accepted":
             return
         if message == "BootNotification":
             self._booted = False
@@ -545,14 +546,9 @@ class OcppService:
             await self._call(self.link, call.FirmwareStatusNotification(status=status))
         self._kick.set()
 
-    def extended_trigger_status(self, message: str, connector_id: int | None) -> str:
-        if connector_id not in (None, 0, CONNECTOR):
-            return "Rejected"
-        return "Accepted" if message in EXTENDED_TRIGGERABLE else "NotImplemented"
-
     async def extended_trigger(self, message: str, connector_id: int | None) -> None:
         """The messages the security extension names: its own status notifications, the rest as TriggerMessage."""
-        if message not in EXTENDED_TRIGGERABLE or connector_id not in (None, 0, CONNECTOR):
+        if self.trigger_status(message, connector_id, extended=True) != "Accepted":
             return
         if message == "FirmwareStatusNotification":
             status, request_id = self.firmware.signed_status() if self.firmware is not None else ("Idle", None)
