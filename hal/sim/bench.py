@@ -94,7 +94,7 @@ class SimBench:
         self.phases = phases
         self.voltage_v = voltage_v
         self.cable_a = cable_a
-        self._injected: set[str] = set()
+        self._injected: frozenset[str] = frozenset()  # replaced, never mutated: readers get it without a copy
         self._listeners: list[Listener] = []
         self._notifying = False
         self._notify_again = False
@@ -174,7 +174,7 @@ class SimBench:
     @property
     def injected(self) -> frozenset[str]:
         """The fault kinds now injected."""
-        return frozenset(self._injected)
+        return self._injected
 
     # -- listeners --------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
@@ -340,7 +340,7 @@ class SimBench:
         self._check_kind(kind)
 
         def apply() -> None:
-            self._injected.add(kind)
+            self._injected = self._injected | {kind}
             if kind == "diode":
                 self.ev.set_diode_ok(False)
             elif kind == "reader":
@@ -353,7 +353,7 @@ class SimBench:
         kinds = set(FAULT_KINDS) if kind is None else {self._check_kind(kind)}
 
         def apply() -> None:
-            self._injected -= kinds
+            self._injected = self._injected - kinds
             if "diode" in kinds:
                 self.ev.set_diode_ok(True)
 

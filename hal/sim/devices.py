@@ -81,7 +81,7 @@ class SimControlPilot:
     def levels(self) -> PilotLevels:
         """The levels for the bench's present state, without advancing it."""
         ev = self._bench.ev
-        if "cp-short" in self._bench._injected:
+        if "cp-short" in self._bench.injected:
             return PilotLevels(high_v=0.0, low_v=0.0)  # CP shorted to PE: 0 V whatever we drive
         if self._output is PilotConstant.MINUS_12V:
             return PilotLevels(high_v=-12.0, low_v=-12.0)
@@ -103,7 +103,7 @@ class SimProximityPilot:
 
     def read_ohms(self) -> float:
         bench = self._bench
-        if bench.cable_a is None or not bench.ev.plugged or "pp-broken" in bench._injected:
+        if bench.cable_a is None or not bench.ev.plugged or "pp-broken" in bench.injected:
             return math.inf
         return PP_NOMINAL_OHM[bench.cable_a]
 
@@ -148,7 +148,7 @@ class SimContactor:
 
     def physical(self, now: float | None = None) -> bool:
         """True while the main contacts actually conduct (weld / stuck-open included)."""
-        injected = self._bench._injected  # the live set: no copy on this hot path
+        injected = self._bench.injected
         if "weld" in injected:
             return True
         if "stuck-open" in injected:
@@ -169,7 +169,7 @@ class SimFaultInputs:
         self._bench = bench
 
     def active(self) -> frozenset[str]:
-        return INPUT_FAULTS & self._bench._injected
+        return INPUT_FAULTS & self._bench.injected
 
     def subscribe(self, listener: Listener) -> None:
         self._bench.subscribe(listener)
@@ -187,7 +187,7 @@ class SimEnergyMeter:
 
     async def read(self) -> MeterReading:
         self._bench.tick()
-        if "meter" in self._bench._injected:
+        if "meter" in self._bench.injected:
             raise DeviceError("meter", "simulated meter does not answer")
         return self.reading()
 
@@ -235,7 +235,7 @@ class SimGridMeter:
 
     async def read(self) -> MeterReading:
         self._bench.tick()
-        if "grid-meter" in self._bench._injected:
+        if "grid-meter" in self._bench.injected:
             raise DeviceError("grid-meter", "simulated grid meter does not answer")
         return self.reading()
 
@@ -268,7 +268,7 @@ class SimThermometer:
 
     def read_c(self) -> float:
         self._bench.tick()
-        if "thermometer" in self._bench._injected:
+        if "thermometer" in self._bench.injected:
             raise DeviceError("thermometer", "simulated thermometer does not answer")
         return self._bench.heat.temperature_c
 

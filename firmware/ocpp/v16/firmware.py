@@ -227,7 +227,7 @@ class OcppFirmware:
         self.timings: dict[str, float] = {}
         self.online_grace_s = ONLINE_GRACE_S
         #: ``(type, techInfo)``: the security events of updates (signing certificate, signature, new firmware).
-        self.security_event: Callable[[str, str], None] | None = None
+        self.security_event: Callable[[str, str], None] = lambda kind, tech_info: None
         if hasattr(sender, "on_boot_accepted"):
             sender.on_boot_accepted(self.after_boot)
         try:
@@ -338,7 +338,7 @@ class OcppFirmware:
             signing.decode_signature(signature)
         except signing.CertificateError as exc:
             log.warning("SignedUpdateFirmware: invalid signing certificate: %s", exc)
-            self._security_event("InvalidFirmwareSigningCertificate", str(exc))
+            self.security_event("InvalidFirmwareSigningCertificate", str(exc))
             return "InvalidCertificate"
         except signing.SignatureError as exc:
             log.warning("SignedUpdateFirmware rejected: %s", exc)
@@ -359,10 +359,6 @@ class OcppFirmware:
         if not self._accept(job):
             return "Rejected"
         return "AcceptedCanceled" if was_busy else "Accepted"
-
-    def _security_event(self, kind: str, tech_info: str) -> None:
-        if self.security_event is not None:
-            self.security_event(kind, tech_info)
 
     def start(self) -> None:
         """Work the saved job (after the answer to its request went out)."""
@@ -414,7 +410,7 @@ class OcppFirmware:
         except JobFailed as exc:
             log.warning("firmware update failed: %s: %s", exc.status, exc)
             if exc.status == "InvalidSignature":
-                self._security_event("InvalidFirmwareSignature", str(exc))
+                self.security_event("InvalidFirmwareSignature", str(exc))
             await self._status(job, exc.status)
         except Exception:
             log.exception("firmware update failed unexpectedly")
@@ -610,7 +606,7 @@ class OcppFirmware:
             slot = self.running_slot or ""
             state.update_state(self.update_dir, lambda s: state.apply(s, state.Confirm(slot)))
             self.confirmed = True
-            self._security_event("FirmwareUpdated", f"firmware {self.firmware_version} running from slot {slot}")
+            self.security_event("FirmwareUpdated", f"firmware {self.firmware_version} running from slot {slot}")
             log.info("firmware %s confirmed in slot %s", self.firmware_version, slot)
         if self.job is not None and not self.busy:
             self.start()
